@@ -1,0 +1,349 @@
+"""The command line: Click commands that translate flags into library calls.
+
+This is the one place errors become exit codes (see provision.errors.ExitCode). Heavy modules
+(ansible_runner, jinja2, paramiko) are imported inside the commands that need them.
+"""
+
+import os
+import subprocess
+import sys
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from provision import __version__, paths
+from provision.errors import EnvironmentProblem, ExitCode, ProvisionError, UsageError
+
+if TYPE_CHECKING:
+    from provision.inventory import Inventory
+
+STATUS_COLORS = {
+    "ok": "green",
+    "changed": "yellow",
+    "failed": "red",
+    "unreachable": "red",
+    "ignored": "cyan",
+    "skipped": "cyan",
+    "polling": "blue",
+    "play": "bright_white",
+}
+
+inventory_option = click.option(
+    "-i",
+    "--inventory",
+    "inventory_path",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Inventory file or directory.",
+)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="provision")
+@click.option("--debug", is_flag=True, help="Show the traceback behind an error.")
+def cli(debug: bool) -> None:
+    """Turn cloud VMs into LLM-inference hosts."""
+
+
+# ---- up ---------------------------------------------------------------------------------------------
+
+
+@cli.command()
+@inventory_option
+@click.option("--limit", help="Only these hosts or groups (Ansible pattern).")
+@click.option("--tags", "-t", multiple=True, help="Only tasks with these tags (repeatable, comma-separated).")
+@click.option("--skip-tags", multiple=True, help="Skip tasks with these tags (repeatable, comma-separated).")
+@click.option("--check", is_flag=True, help="Dry run: report what would change.")
+@click.option("--diff", is_flag=True, help="Show the changes made to files.")
+@click.option(
+    "-e",
+    "--extra-vars",
+    "extra_vars",
+    multiple=True,
+    metavar="KEY=VALUE|@FILE",
+    help="Set a variable, or load a YAML file of them (repeatable). Never a secret.",
+)
+@click.option("--keep-artifacts", is_flag=True, help="Keep ansible-runner's private data dir; print its path.")
+@click.option("-v", "--verbose", count=True, help="Show ansible-playbook's own output (-vv, -vvv: more).")
+def up(
+    inventory_path: Path,
+    limit: str | None,
+    tags: tuple[str, ...],
+    skip_tags: tuple[str, ...],
+    check: bool,
+    diff: bool,
+    extra_vars: tuple[str, ...],
+    keep_artifacts: bool,
+    verbose: int,
+) -> ExitCode:
+    """Provision the hosts in an inventory (runs playbooks/site.yml)."""
+    from provision import events, inventory, runner
+
+    if limit is not None and not limit.strip():
+        raise UsageError("--limit is empty; name hosts or groups, e.g. --limit lab1,lab2")
+    extravars = parse_extra_vars(extra_vars)
+    wanted, skipped = inventory.split_tags(tags), inventory.split_tags(skip_tags)
+    inventory.check_tags(wanted, skipped, inventory.known_tags(paths.SITE_PLAYBOOK))
+    inv = inventory.load_inventory(inventory_path)  # the slow check (it runs ansible-inventory) goes last
+    request = runner.RunRequest(
+        inventory=inv.path,
+        limit=limit,
+        tags=wanted,
+        skip_tags=skipped,
+        check=check,
+        diff=diff,
+        extravars=extravars,
+        keep_artifacts=keep_artifacts,
+        verbosity=verbose,
+    )
+    host_width = max(len(h) for h in inv.hosts)
+
+    def show(event: dict[str, Any]) -> None:
+        if verbose and event.get("stdout"):
+            click.echo(event["stdout"])
+            return
+        line = events.event_line(event, host_width)
+        if line is not None:
+            click.echo(click.style(line.text, fg=STATUS_COLORS.get(line.status)))
+
+    result = runner.run(request, on_event=show)
+    if result.stats:
+        click.echo()
+        for text in events.recap(result.stats):
+            click.echo(text)
+    if result.artifacts_dir is not None:
+        click.echo(f"artifacts kept in {result.artifacts_dir}")
+    code = runner.outcome(result)
+    if code is not ExitCode.OK:
+        click.echo(f"provision: {_verdict(code, result)}", err=True)
+    return code
+
+
+def _verdict(code: ExitCode, result: Any) -> str:
+    failed = sorted(h for h, s in result.stats.items() if s.failed)
+    unreachable = sorted(h for h, s in result.stats.items() if s.unreachable)
+    if code is ExitCode.INTERRUPTED:
+        return "interrupted; hosts may be half-provisioned, run `provision up` again"
+    if code is ExitCode.UNREACHABLE:
+        return f"unreachable: {', '.join(unreachable)}; check ansible_host, ansible_port and ssh access"
+    if failed:
+        also = f"; unreachable: {', '.join(unreachable)}" if unreachable else ""
+        return f"failed on {', '.join(failed)}{also}"
+    return f"ansible-playbook ended with status {result.status} (rc={result.rc}); rerun with -v to see why"
+
+
+def parse_extra_vars(values: Sequence[str]) -> dict[str, Any]:
+    """-e KEY=VALUE (a string) and -e @FILE (a YAML mapping), later ones winning."""
+    import yaml
+
+    merged: dict[str, Any] = {}
+    for value in values:
+        if value.startswith("@"):
+            path = Path(value[1:])
+            try:
+                loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+            except OSError as exc:
+                raise UsageError(f"-e {value}: cannot read {path} ({exc.strerror})") from exc
+            except yaml.YAMLError as exc:
+                raise UsageError(f"-e {value}: {path} is not valid YAML ({exc})".splitlines()[0]) from exc
+            if not isinstance(loaded, dict):
+                raise UsageError(f"-e {value}: {path} must hold a mapping of variable names to values")
+            merged.update(loaded)
+            continue
+        key, sep, val = value.partition("=")
+        if not sep or not key.strip().isidentifier():
+            raise UsageError(f"-e {value!r}: expected KEY=VALUE or @FILE.yml")
+        merged[key.strip()] = val
+    return merged
+
+
+# ---- render -----------------------------------------------------------------------------------------
+
+
+@cli.command()
+@inventory_option
+@click.option("--host", required=True, help="Inventory host to render for.")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Write the files into this directory instead of printing them.",
+)
+def render(inventory_path: Path, host: str, out_dir: Path | None) -> ExitCode:
+    """Render the generated config files (systemd units, ...) for one host, without connecting to it."""
+    from provision import inventory
+    from provision import render as rendering
+
+    files = rendering.render_host(inventory.load_inventory(inventory_path), host, out_dir)
+    for file in files:
+        if out_dir is None:
+            click.echo(f"# ==> {file.name} <==")
+            click.echo(file.text, nl=False)
+        else:
+            click.echo(f"wrote {paths.display(out_dir / file.name)}")
+    return ExitCode.OK
+
+
+# ---- test -------------------------------------------------------------------------------------------
+
+
+@cli.command()
+@inventory_option
+@click.option("--junit", type=click.Path(dir_okay=False, path_type=Path), help="Also write a JUnit XML file.")
+@click.option("-k", "keyword", help="Only checks matching this pytest -k expression.")
+@click.option("--limit", help="Only these hosts or groups (comma-separated names, globs allowed).")
+def test(inventory_path: Path, junit: Path | None, keyword: str | None, limit: str | None) -> ExitCode:
+    """Check provisioned hosts with the packaged smoke suite (pytest-testinfra over SSH)."""
+    from provision import inventory, smoke
+    from provision.tools import ansible_env
+
+    inv = inventory.load_inventory(inventory_path)
+    argv = [
+        sys.executable,
+        "-m",
+        "pytest",
+        str(Path(smoke.__file__).parent),
+        "-p",
+        "no:cacheprovider",
+        f"--hosts={_testinfra_hosts(inv, limit)}",
+        f"--ansible-inventory={inv.path.resolve()}",
+        "-q",
+    ]
+    if keyword:
+        argv += ["-k", keyword]
+    if junit is not None:
+        argv.append(f"--junitxml={junit}")
+    returncode = _run_pytest(argv, env={**os.environ, **ansible_env()})
+    if returncode == 5:  # pytest: no tests collected
+        raise UsageError(f"no smoke checks selected; check --limit {limit!r} and -k {keyword!r}")
+    return ExitCode.OK if returncode == 0 else ExitCode.FAILED
+
+
+def _run_pytest(argv: list[str], env: dict[str, str]) -> int:
+    return subprocess.run(argv, env=env, check=False).returncode
+
+
+def _testinfra_hosts(inv: "Inventory", limit: str | None) -> str:
+    """testinfra's --hosts for a --limit: names and globs of hosts or groups, comma-separated."""
+    if limit is None:
+        return "ansible://all"
+    names = [name.strip() for name in limit.split(",") if name.strip()]
+    if not names or any(ch in limit for ch in ":!&"):
+        raise UsageError(
+            f"--limit {limit!r}: provision test takes host or group names (globs allowed), comma-separated"
+        )
+    for name in names:
+        if not inv.match(name):
+            raise UsageError(f"--limit: {name!r} matches no host or group in {paths.display(inv.path)}")
+    return ",".join(f"ansible://{name}" for name in names)
+
+
+# ---- lab --------------------------------------------------------------------------------------------
+
+
+@cli.group()
+def lab() -> None:
+    """Local throwaway VMs (qemu) for trying and testing provision."""
+
+
+@lab.command("up")
+@click.option("--hosts", default=2, show_default=True, type=click.IntRange(min=1), help="Number of VMs.")
+@click.option(
+    "--inventory-out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Where to write the lab inventory.  [default: inventories/lab/hosts.yml]",
+)
+@click.option(
+    "--mirror/--no-mirror",
+    default=True,
+    show_default=True,
+    help="Point the VMs' apt at a package cache (apt-cacher-ng) on this machine.",
+)
+@click.option("--base-port", type=click.IntRange(1024, 65535), help="First SSH port on 127.0.0.1.")
+def lab_up(hosts: int, inventory_out: Path | None, mirror: bool, base_port: int | None) -> ExitCode:
+    """Start lab VMs lab1..labN and write their inventory."""
+    from provision import lab as lab_vms
+
+    out = inventory_out or paths.INVENTORIES / "lab" / "hosts.yml"
+    kwargs = {} if base_port is None else {"base_port": base_port}
+    started = lab_vms.up(hosts=hosts, inventory_out=out, mirror=mirror, log=_log, **kwargs)
+    for host in started:
+        click.echo(f"{host.name}  127.0.0.1:{host.ssh_port}  pid {host.pid}")
+    click.echo(f"inventory: {paths.display(out)}")
+    return ExitCode.OK
+
+
+@lab.command("down")
+def lab_down() -> ExitCode:
+    """Stop the lab VMs and remove their state."""
+    from provision import lab as lab_vms
+
+    stopped = lab_vms.down(log=_log)
+    click.echo(f"stopped: {', '.join(stopped)}" if stopped else "no lab VMs were running")
+    return ExitCode.OK
+
+
+@lab.command("status")
+def lab_status() -> ExitCode:
+    """List the lab VMs."""
+    from provision import lab as lab_vms
+
+    hosts = lab_vms.status()
+    if not hosts:
+        click.echo("no lab VMs (start some with: provision lab up)")
+    for host in hosts:
+        state = "running" if host.running else "stopped"
+        pid = f"  pid {host.pid}" if host.pid else ""
+        click.echo(f"{host.name}  127.0.0.1:{host.ssh_port}  {state}{pid}")
+    return ExitCode.OK
+
+
+@lab.command("ssh", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.argument("name")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+def lab_ssh(name: str, command: tuple[str, ...]) -> None:
+    """Open a shell on a lab VM, or run COMMAND there."""
+    from provision import lab as lab_vms
+
+    argv = lab_vms.ssh_argv(name, command)
+    try:
+        os.execvp(argv[0], argv)
+    except OSError as exc:
+        raise EnvironmentProblem(f"cannot run {argv[0]}: {exc.strerror}; install the OpenSSH client") from exc
+
+
+def _log(message: str) -> None:
+    click.echo(message, err=True)
+
+
+# ---- entry point ------------------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Run the CLI and exit with its ExitCode; expected errors print one line, --debug adds the traceback."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = False
+    try:
+        with cli.make_context("provision", args) as ctx:
+            debug = bool(ctx.params.get("debug"))
+            code = cli.invoke(ctx)
+    except click.exceptions.Exit as exc:  # --help, --version
+        code = exc.exit_code
+    except click.ClickException as exc:  # Click's own usage errors (unknown option, missing argument)
+        exc.show()
+        code = ExitCode.USAGE if isinstance(exc, click.UsageError) else exc.exit_code
+    except (KeyboardInterrupt, click.Abort):
+        if debug:
+            traceback.print_exc()
+        click.echo("provision: interrupted", err=True)
+        code = ExitCode.INTERRUPTED
+    except ProvisionError as exc:
+        if debug:
+            traceback.print_exc()
+        click.echo(f"provision: error: {exc}", err=True)
+        code = exc.exit_code
+    sys.exit(int(code or 0))

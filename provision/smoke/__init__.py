@@ -1,0 +1,1 @@
+"""The smoke suite `provision test` runs against provisioned hosts with pytest-testinfra."""

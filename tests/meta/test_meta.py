@@ -1,0 +1,123 @@
+"""Project-wide rules: every command has working help, every module imports on its own, the CLI stays
+light, and every role's public variables are documented in its argument specs (and only those)."""
+
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import click
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from provision import cli, paths
+
+PACKAGE = Path(cli.__file__).parent
+HEAVY = ("ansible_runner", "jinja2", "paramiko")
+
+
+def walk(command: click.Command, path: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
+    yield path
+    if isinstance(command, click.Group):
+        for name, sub in sorted(command.commands.items()):
+            yield from walk(sub, (*path, name))
+
+
+COMMANDS = list(walk(cli.cli))
+
+
+@pytest.mark.parametrize("path", COMMANDS, ids=[" ".join(p) or "provision" for p in COMMANDS])
+def test_help_exits_0(path: tuple[str, ...]) -> None:
+    result = CliRunner().invoke(cli.cli, [*path, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Usage:" in result.output
+
+
+def test_every_command_is_walked() -> None:
+    assert {
+        ("up",),
+        ("render",),
+        ("test",),
+        ("lab", "up"),
+        ("lab", "down"),
+        ("lab", "status"),
+        ("lab", "ssh"),
+    } <= set(COMMANDS)
+
+
+MODULES = sorted(
+    ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts).removesuffix(".__init__")
+    for path in PACKAGE.rglob("*.py")
+)
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_module_imports_in_a_fresh_interpreter(module: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", f"import {module}"],
+        capture_output=True,
+        text=True,
+        cwd=paths.ROOT,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_cli_import_stays_light() -> None:
+    code = f"import sys, provision.cli; print([m for m in {HEAVY!r} if m in sys.modules])"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=paths.ROOT, check=True)
+    assert result.stdout.strip() == "[]", f"importing provision.cli pulled in {result.stdout.strip()}"
+
+
+def test_help_stays_light() -> None:
+    code = (
+        "import sys\nfrom provision import cli\n"
+        "try:\n    cli.main(['up', '--help'])\nexcept SystemExit:\n    pass\n"
+        f"print([m for m in {HEAVY!r} if m in sys.modules], file=sys.stderr)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=paths.ROOT, check=True)
+    assert result.stderr.strip() == "[]"
+
+
+# ---- roles: defaults <-> argument specs ---------------------------------------------------------------
+
+ROLES = sorted(path.parent.parent for path in paths.ROLES.glob("*/defaults/main.yml"))
+
+
+def _defaults(role: Path) -> dict[str, object]:
+    return yaml.safe_load((role / "defaults/main.yml").read_text(encoding="utf-8")) or {}
+
+
+def _documented(role: Path) -> dict[str, dict[str, object]]:
+    specs_file = role / "meta/argument_specs.yml"
+    assert specs_file.is_file(), f"{specs_file.relative_to(paths.ROOT)} is missing"
+    specs = yaml.safe_load(specs_file.read_text(encoding="utf-8")) or {}
+    options: dict[str, dict[str, object]] = {}
+    for entry_point in (specs.get("argument_specs") or {}).values():
+        options.update(entry_point.get("options") or {})
+    return options
+
+
+@pytest.mark.parametrize("role", ROLES, ids=[role.name for role in ROLES])
+def test_role_defaults_match_argument_specs(role: Path) -> None:
+    defaults, documented = set(_defaults(role)), set(_documented(role))
+    assert defaults - documented == set(), "defaults without an entry in meta/argument_specs.yml"
+    assert documented - defaults == set(), "argument specs without a default in defaults/main.yml"
+
+
+@pytest.mark.parametrize("role", ROLES, ids=[role.name for role in ROLES])
+def test_role_argument_specs_have_type_and_description(role: Path) -> None:
+    for name, spec in _documented(role).items():
+        assert spec.get("type"), f"{role.name}: {name} has no type"
+        assert spec.get("description"), f"{role.name}: {name} has no description"
+
+
+@pytest.mark.parametrize("role", ROLES, ids=[role.name for role in ROLES])
+def test_role_defaults_each_have_a_comment(role: Path) -> None:
+    lines = (role / "defaults/main.yml").read_text(encoding="utf-8").splitlines()
+    for index, line in enumerate(lines):
+        match = re.match(r"([A-Za-z_]\w*):", line)
+        if match:
+            assert index > 0 and lines[index - 1].startswith("#"), f"{role.name}: {match.group(1)} has no comment"

@@ -1,0 +1,102 @@
+"""Runner events become one readable line each; no_log results never show their contents."""
+
+from typing import Any
+
+from provision import events
+from provision.runner import HostStats
+
+
+def event(kind: str, res: dict[str, Any] | None = None, **data: Any) -> dict[str, Any]:
+    event_data = {"host": "lab1", "task": "Write package mirror sources", "role": "base", **data}
+    if res is not None:
+        event_data["res"] = res
+    return {"event": kind, "event_data": event_data}
+
+
+def text(ev: dict[str, Any], width: int = 4) -> str:
+    line = events.event_line(ev, width)
+    assert line is not None
+    return line.text
+
+
+def test_ok_and_changed() -> None:
+    assert text(event("runner_on_ok", {"changed": False})) == "  ok           lab1  base : Write package mirror sources"
+    line = events.event_line(event("runner_on_ok", {"changed": True}), 4)
+    assert line == events.Line("changed", "  changed      lab1  base : Write package mirror sources")
+
+
+def test_host_column_is_padded_and_task_without_role_has_no_prefix() -> None:
+    assert (
+        text(event("runner_on_skipped", {}, role=""), width=6) == "  skipped      lab1    Write package mirror sources"
+    )
+
+
+def test_failed_shows_first_line_of_msg() -> None:
+    ev = event("runner_on_failed", {"msg": "boom\nsecond line"})
+    assert text(ev) == "  failed       lab1  base : Write package mirror sources: boom"
+
+
+def test_failed_command_shows_stderr_instead_of_generic_msg() -> None:
+    ev = event(
+        "runner_on_failed",
+        {"msg": "non-zero return code", "rc": 100, "stderr": "E: x\nE: Unable to locate\n"},
+    )
+    assert text(ev).endswith(": rc=100: E: Unable to locate")
+
+
+def test_ignored_failure_has_its_own_status() -> None:
+    line = events.event_line(event("runner_on_failed", {"msg": "nope"}, ignore_errors=True), 4)
+    assert line is not None
+    assert line.status == "ignored"
+    assert line.text.startswith("  ignored      lab1")
+
+
+def test_unreachable_message_is_truncated_to_one_short_line() -> None:
+    ev = event("runner_on_unreachable", {"msg": "Failed to connect " + "x" * 500, "unreachable": True})
+    line = text(ev)
+    assert line.startswith("  unreachable  lab1  base : Write package mirror sources: Failed to connect")
+    assert line.endswith("...")
+    assert len(line) < 300
+
+
+def test_no_log_result_shows_only_the_status_line() -> None:
+    censored = "the output has been hidden due to the fact that 'no_log: true' was specified for this result"
+    for kind in ("runner_on_ok", "runner_on_failed", "runner_item_on_failed"):
+        ev = event(kind, {"censored": censored, "msg": "password=hunter2", "item": "hunter2"})
+        line = text(ev)
+        assert "hunter2" not in line
+        assert "hidden" not in line
+        assert line.endswith("base : Write package mirror sources")
+
+
+def test_loop_items_show_their_label_and_the_summary_is_not_repeated() -> None:
+    item = event("runner_item_on_ok", {"changed": True, "item": {"big": "dict"}, "_ansible_item_label": "nginx"})
+    assert text(item) == "  changed      lab1  base : Write package mirror sources (nginx)"
+    plain = event("runner_item_on_skipped", {"item": "curl"})
+    assert text(plain).endswith("(curl)")
+    summary = event("runner_on_ok", {"results": [{}, {}], "msg": "All items completed"})
+    assert events.event_line(summary) is None
+
+
+def test_async_poll_and_play_start() -> None:
+    assert text(event("runner_on_async_poll", {"started": 1, "finished": 0})).startswith("  polling      lab1")
+    assert events.event_line(event("runner_on_async_ok", {"changed": True})) is None
+    play = {"event": "playbook_on_play_start", "event_data": {"name": "Prepare the base system"}}
+    assert events.event_line(play) == events.Line("play", "PLAY Prepare the base system")
+
+
+def test_other_events_are_not_shown() -> None:
+    for kind in ("runner_on_start", "playbook_on_task_start", "verbose", "playbook_on_stats", None):
+        assert events.event_line({"event": kind, "event_data": {}}) is None
+
+
+def test_recap() -> None:
+    stats = {
+        "lab1": HostStats(ok=12, skipped=3),
+        "lab10": HostStats(ok=2, changed=1, failed=1, unreachable=0, rescued=1, ignored=2),
+    }
+    assert events.recap(stats) == [
+        "lab1   ok=12 changed=0 unreachable=0 failed=0 skipped=3 rescued=0 ignored=0",
+        "lab10  ok=2 changed=1 unreachable=0 failed=1 skipped=0 rescued=1 ignored=2",
+    ]
+    assert events.recap({}) == []

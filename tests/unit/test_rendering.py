@@ -1,0 +1,121 @@
+"""Rendering: variables resolve as in Ansible, each docker argument stays whole, errors name the culprit."""
+
+import shlex
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from provision import render
+from provision.errors import UsageError
+from provision.inventory import Inventory
+
+
+def inventory(**hostvars: Any) -> Inventory:
+    return Inventory(path=Path("inventories/test/hosts.yml"), hosts=("h1",), hostvars={"h1": hostvars})
+
+
+def unit(**hostvars: Any) -> str:
+    (file,) = render.render_host(inventory(**hostvars), "h1")
+    return file.text
+
+
+def exec_start_argv(text: str) -> list[str]:
+    """ExecStart= split into words the way systemd does for what the template emits (no backslashes)."""
+    logical = text.replace("\\\n", " ")
+    (line,) = [line for line in logical.splitlines() if line.startswith("ExecStart=")]
+    return [word.replace("%%", "%").replace("$$", "$") for word in shlex.split(line.removeprefix("ExecStart="))]
+
+
+def test_every_argument_stays_whole() -> None:
+    args = ["--served-model-name", "my model", "it's", "100%", "$HOME", "${HOME}", "a  b", ""]
+    extra = ["--label", "owner=ml team"]
+    argv = exec_start_argv(unit(inference_args=args, inference_extra_docker_args=extra, inference_image="img:1"))
+    assert argv[argv.index("img:1") + 1 :] == args
+    assert argv[argv.index("img:1") - 2 : argv.index("img:1")] == extra
+    assert argv[:4] == ["/usr/bin/docker", "run", "--rm", "--name"]
+
+
+def test_backslashes_are_escaped_for_systemd() -> None:
+    assert "'back\\\\slash'" in unit(inference_args=["back\\slash"])
+
+
+def test_gpus_and_limits_are_optional() -> None:
+    plain = exec_start_argv(unit())
+    assert "--gpus" not in plain and "--memory" not in plain and "--cpus" not in plain
+    full = exec_start_argv(unit(inference_gpus="yes", inference_memory_max="8g", inference_cpu_quota=2))
+    assert full[full.index("--gpus") : full.index("--gpus") + 2] == ["--gpus", "all"]
+    assert "8g" in full and "2" in full
+
+
+def test_output_file_is_named_after_the_unit() -> None:
+    (file,) = render.render_host(inventory(inference_name="qwen"), "h1")
+    assert file.name == "qwen.service"
+    assert "ExecStop=/usr/bin/docker stop -t 30 qwen\n" in file.text
+
+
+def test_variables_refer_to_other_variables_lazily() -> None:
+    text = unit(
+        inference_name="qwen",
+        inference_env_file="/etc/{{ inference_name }}/env",
+        unrelated="{{ ansible_facts.only_a_live_run_has_this }}",
+    )
+    assert "--env-file /etc/qwen/env" in text
+
+
+def test_unknown_host_names_host_and_inventory() -> None:
+    with pytest.raises(UsageError, match=r"host 'ghost' is not in inventory inventories/test/hosts.yml \(hosts: h1\)"):
+        render.render_host(inventory(), "ghost")
+
+
+def test_undefined_variable_in_a_variable_names_both() -> None:
+    with pytest.raises(UsageError, match=r"variable inference_env_file: 'nope' is undefined"):
+        unit(inference_env_file="/etc/{{ nope }}")
+
+
+def test_self_reference_is_reported() -> None:
+    with pytest.raises(UsageError, match="inference_name refers to itself"):
+        unit(inference_name="{{ inference_name }}-x")
+
+
+def test_undefined_variable_in_a_template_names_template_and_variable(tmp_path: Path) -> None:
+    template = tmp_path / "mine.service.j2"
+    template.write_text("# Managed by provision\nX={{ inference_name }} {{ not_defined_anywhere }}\n")
+    with pytest.raises(UsageError) as error:
+        unit(inference_unit_template=str(template))
+    assert str(error.value) == f"template {template}: 'not_defined_anywhere' is undefined; define it in the inventory"
+
+
+def test_user_template_override_by_absolute_path(tmp_path: Path) -> None:
+    template = tmp_path / "mine.service.j2"
+    template.write_text("# Managed by provision\n{% if true %}\nName={{ inference_name | upper }}\n{% endif %}\n")
+    assert unit(inference_unit_template=str(template)) == "# Managed by provision\nName=INFERENCE\n"
+
+
+def test_missing_template_is_a_usage_error() -> None:
+    with pytest.raises(UsageError, match=r"template systemd/nope\.j2 not found"):
+        unit(inference_unit_template="systemd/nope.j2")
+
+
+def test_ansible_compatible_filters() -> None:
+    env = render.environment()
+
+    def r(source: str, **variables: Any) -> str:
+        return env.from_string(source).render(**variables)
+
+    assert r("{{ 'yes' | bool }} {{ 'off' | bool }} {{ 1 | bool }}") == "True False True"
+    assert r("{{ 'a b' | quote }}") == "'a b'"
+    assert r("{{ {'b': 1, 'a': [1]} | to_json }}") == '{"b": 1, "a": [1]}'
+    assert r("{{ {'b': 1, 'a': 2} | to_nice_json }}") == '{\n    "a": 2,\n    "b": 1\n}'
+    assert r("{{ 'v1.2.3' | regex_replace('^v', '') }}") == "1.2.3"
+    assert r("{{ x | mandatory }}", x=3) == "3"
+    assert r("{{ x | default('d') }}") == "d"
+    with pytest.raises(Exception, match="must be set"):
+        r("{{ missing | mandatory('must be set') }}")
+
+
+def test_ansible_whitespace_rules() -> None:
+    env = render.environment()
+    assert env.from_string("{% if true %}\n  x\n{% endif %}\n").render() == "  x\n"  # trim_blocks
+    assert env.from_string("  {% if true %}y{% endif %}").render() == "  y"  # no lstrip_blocks
+    assert env.from_string("z\n").render() == "z\n"  # keep_trailing_newline

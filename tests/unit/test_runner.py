@@ -1,0 +1,188 @@
+"""The runner wrapper: command line, outcome rules, and real ansible-runner runs on this machine.
+
+The real runs use `connection: local` against a throwaway project, so they need no VM and no SSH
+(except the unreachable case, which connects to a closed port on 127.0.0.1).
+"""
+
+import os
+import shutil
+import signal
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from provision import paths, runner
+from provision.errors import ExitCode
+from provision.runner import HostStats, RunRequest, RunResult
+
+Write = Callable[[str, str], Path]
+
+PLAYBOOK = """\
+- name: Local play
+  hosts: all
+  gather_facts: false
+  tasks:
+    - name: Report the environment
+      ansible.builtin.debug:
+        msg: "{{ lookup('env', 'AWX_ISOLATED_DATA_DIR') }}\
+|{{ lookup('env', 'ANSIBLE_CACHE_PLUGIN_CONNECTION') }}\
+|{{ lookup('env', 'ANSIBLE_HOST_KEY_CHECKING') }}|{{ who | default('nobody') }}"
+      tags: [report]
+    - name: Change something
+      ansible.builtin.command: "true"
+      changed_when: true
+      tags: [change, fail]
+    - name: Fail
+      ansible.builtin.fail:
+        msg: deliberately
+      tags: [never, fail]
+    - name: Sleep
+      ansible.builtin.command: sleep 60
+      changed_when: false
+      tags: [never, sleep]
+"""
+
+
+def test_cmdline_from_request() -> None:
+    request = RunRequest(
+        inventory=Path("inv"), limit="lab1,gpu", tags=("a", "b"), skip_tags=("c",), check=True, diff=True
+    )
+    assert runner.cmdline(request) == [
+        "--limit", "lab1,gpu", "--tags", "a,b", "--skip-tags", "c", "--check", "--diff",
+    ]  # fmt: skip
+    assert runner.cmdline(RunRequest(inventory=Path("inv"))) == []
+
+
+def test_stats_from_playbook_on_stats_event() -> None:
+    data = {
+        "ok": {"lab1": 6, "lab2": 1},
+        "changed": {"lab1": 4},
+        "failures": {"lab1": 1},
+        "dark": {"lab2": 1},
+        "skipped": {"lab1": 1},
+        "rescued": {},
+        "ignored": {"lab1": 1},
+        "processed": {"lab1": 1, "lab2": 1, "lab3": 1},
+    }
+    assert runner.stats_from_event(data) == {
+        "lab1": HostStats(ok=6, changed=4, failed=1, skipped=1, ignored=1),
+        "lab2": HostStats(ok=1, unreachable=1),
+        "lab3": HostStats(),
+    }
+
+
+@pytest.mark.parametrize(
+    ("status", "stats", "expected"),
+    [
+        ("successful", {"lab1": HostStats(ok=3)}, ExitCode.OK),
+        ("canceled", {"lab1": HostStats(failed=1)}, ExitCode.INTERRUPTED),
+        ("failed", {"lab1": HostStats(failed=1), "lab2": HostStats(unreachable=1)}, ExitCode.FAILED),
+        ("failed", {"lab1": HostStats(ok=1), "lab2": HostStats(unreachable=1)}, ExitCode.UNREACHABLE),
+        ("failed", {}, ExitCode.FAILED),
+        ("timeout", {}, ExitCode.FAILED),
+        # rc != 0 with clean stats (an error after the last task): still a failure, not OK.
+        ("failed", {"lab1": HostStats(ok=1)}, ExitCode.FAILED),
+    ],
+)
+def test_outcome(status: str, stats: dict[str, HostStats], expected: ExitCode) -> None:
+    assert runner.outcome(RunResult(status=status, rc=2, stats=stats, artifacts_dir=None)) is expected
+
+
+# ---- real runs ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def project(write: Write) -> Path:
+    return write("project/site.yml", PLAYBOOK).parent
+
+
+def run(project: Path, inventory: Path, on_event: Callable[[dict[str, Any]], None] | None = None, **kw: Any):
+    request = RunRequest(inventory=inventory, project_dir=project, **kw)
+    return runner.run(request, on_event or (lambda event: None))
+
+
+def report(events: list[dict[str, Any]]) -> list[str]:
+    (message,) = [
+        e["event_data"]["res"]["msg"]
+        for e in events
+        if e["event"] == "runner_on_ok" and e["event_data"]["task"] == "Report the environment"
+    ]
+    return message.split("|")
+
+
+def test_real_run_private_dir_is_private_temporary_and_removed(project: Path, local_inventory: Path) -> None:
+    seen: list[dict[str, Any]] = []
+    modes: list[int] = []
+
+    def on_event(event: dict[str, Any]) -> None:
+        seen.append(event)
+        if event["event"] == "runner_on_ok" and not modes:
+            artifact_dir = Path(report([event])[0])
+            modes.append(artifact_dir.parents[1].stat().st_mode & 0o777)
+
+    result = run(project, local_inventory, on_event, extravars={"who": "world"})
+
+    assert result.status == "successful"
+    assert result.stats == {"local1": HostStats(ok=2, changed=1)}
+    assert runner.outcome(result) is ExitCode.OK
+    assert result.artifacts_dir is None
+    artifact_dir, cache_dir, host_key_checking, who = report(seen)
+    private_dir = Path(artifact_dir).parents[1]
+    assert private_dir.name.startswith("provision-")
+    assert modes == [0o700]
+    assert not private_dir.is_relative_to(paths.ROOT)
+    assert not private_dir.exists(), "the private data dir must be removed after the run"
+    # Facts are cached where ansible.cfg says, not in the temporary dir that is about to disappear.
+    assert not cache_dir.startswith(str(private_dir))
+    if "ANSIBLE_HOST_KEY_CHECKING" not in os.environ:
+        assert host_key_checking == "True"
+    assert who == "world"
+
+
+def test_real_run_keeps_artifacts_and_honours_tags(project: Path, local_inventory: Path) -> None:
+    result = run(project, local_inventory, tags=("report",), keep_artifacts=True)
+    try:
+        assert result.stats == {"local1": HostStats(ok=1)}
+        assert result.artifacts_dir is not None
+        assert result.artifacts_dir.is_dir()
+        assert result.artifacts_dir.stat().st_mode & 0o777 == 0o700
+        assert list(result.artifacts_dir.glob("artifacts/*/job_events/*.json"))
+    finally:
+        if result.artifacts_dir is not None:
+            shutil.rmtree(result.artifacts_dir)
+
+
+def test_real_run_failed_and_unreachable_hosts(project: Path, write: Write) -> None:
+    inventory = write(
+        "mixed.yml",
+        "all:\n  hosts:\n"
+        f"    local1: {{ansible_connection: local, ansible_python_interpreter: {sys.executable}}}\n"
+        "    gone: {ansible_host: 127.0.0.1, ansible_port: 1}\n",
+    )
+    both = run(project, inventory, tags=("fail",))
+    assert both.stats["local1"].failed == 1
+    assert both.stats["gone"].unreachable == 1
+    assert runner.outcome(both) is ExitCode.FAILED
+
+    only_unreachable = run(project, inventory, tags=("change",), limit="gone")
+    assert only_unreachable.status == "failed"
+    assert runner.outcome(only_unreachable) is ExitCode.UNREACHABLE
+
+
+def test_ctrl_c_cancels_the_run_and_restores_the_handler(project: Path, local_inventory: Path) -> None:
+    before = signal.getsignal(signal.SIGINT)
+
+    def on_event(event: dict[str, Any]) -> None:
+        if event["event"] == "runner_on_start" and event["event_data"].get("task") == "Sleep":
+            os.kill(os.getpid(), signal.SIGINT)
+
+    started = time.monotonic()
+    result = run(project, local_inventory, on_event, tags=("sleep",))
+    assert time.monotonic() - started < 30, "the 60 s task must have been cut short"
+    assert result.status == "canceled"
+    assert runner.outcome(result) is ExitCode.INTERRUPTED
+    assert signal.getsignal(signal.SIGINT) is before
