@@ -1,0 +1,427 @@
+"""Local throwaway hosts for trying and testing provision: qemu VMs that look like a fresh cloud VM.
+
+Each VM has systemd, sshd, python3, sudo, a blank second disk at /dev/vdb (the Aliyun layout) and an SSH
+port forwarded on 127.0.0.1.  Starting VMs is fast because clones resume from a saved, already-booted
+template instead of booting; each clone then gets its own host keys, machine-id, hostname and clock through
+the qemu guest agent.  The image and the template are cached on disk and rebuilt only when their recipe
+changes; the per-lab state (keys, known_hosts, overlays, pid files) lives in a state directory that
+`lab down` removes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import socket
+import subprocess
+import tarfile
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import yaml
+
+from provision.errors import EnvironmentProblem, UsageError
+from provision.lab import aptcache
+from provision.lab.image import LAB_USER, BaseImage, ensure_base_image
+from provision.lab.qemu import QEMU, Vm, VmSpec, guest_exec, qmp, require_tool
+
+Log = Callable[[str], None]
+
+APPEND = "root=/dev/vda rw console=ttyS0 net.ifnames=1 systemd.show_status=0"
+DEFAULT_BASE_PORT = 2201
+DATA_DISK_SIZE = "20G"
+BOOT_TIMEOUT = 300.0
+RESUME_TIMEOUT = 120.0
+
+
+@dataclass(frozen=True)
+class LabHost:
+    name: str
+    ssh_port: int
+    pid: int
+
+
+@dataclass(frozen=True)
+class LabHostStatus:
+    name: str
+    ssh_port: int
+    pid: int | None
+    running: bool
+
+
+@dataclass(frozen=True)
+class LabDirs:
+    state: Path
+    cache: Path
+
+    @property
+    def key(self) -> Path:
+        return self.state / "id_ed25519"
+
+    @property
+    def known_hosts(self) -> Path:
+        return self.state / "known_hosts"
+
+    @property
+    def hosts(self) -> Path:
+        return self.state / "hosts"
+
+    @property
+    def inventory_record(self) -> Path:
+        return self.state / "inventory-path"
+
+
+def dirs() -> LabDirs:
+    state = os.environ.get("PROVISION_LAB_STATE") or os.path.expanduser("~/.local/state/provision/lab")
+    cache = os.environ.get("PROVISION_LAB_CACHE") or os.path.expanduser("~/.cache/provision/lab")
+    return LabDirs(Path(state), Path(cache))
+
+
+# --- public API -------------------------------------------------------------------------------------------
+
+
+def up(
+    hosts: int,
+    inventory_out: Path,
+    mirror: bool,
+    log: Log,
+    base_port: int = DEFAULT_BASE_PORT,
+) -> list[LabHost]:
+    """Make sure lab1..labN run, then write the inventory of every running lab host."""
+    if hosts < 1:
+        raise UsageError("--hosts must be at least 1")
+    require_tool(QEMU, "qemu-system-x86")
+    d = dirs()
+    d.hosts.mkdir(parents=True, exist_ok=True)
+    d.state.chmod(0o700)
+    _ensure_key(d)
+    image = ensure_base_image(d.cache, log)
+    accel = _accel(d, image, log)
+    spec = VmSpec(kernel=image.kernel, initrd=image.initrd, append=APPEND, accel=accel)
+    template = _ensure_template(d, image, spec, log)
+    if mirror and aptcache.start(d.state, d.cache):
+        log(f"package cache: apt-cacher-ng on 127.0.0.1:{aptcache.PORT} (guests: {aptcache.GUEST_URL})")
+
+    started: list[Vm] = []
+    for index in range(1, hosts + 1):
+        name = f"lab{index}"
+        vm = _vm(d, name, spec)
+        if vm.running():
+            continue
+        port = base_port + index - 1
+        _check_port_free(port)
+        if vm.directory.exists():
+            shutil.rmtree(vm.directory)
+        vm.directory.mkdir(parents=True)
+        (vm.directory / "ssh-port").write_text(f"{port}\n")
+        vm = _vm(d, name, spec)
+        _create_overlay(vm.disk, template / "disk.qcow2")
+        _create_blank(vm.data_disk, DATA_DISK_SIZE)  # type: ignore[arg-type]
+        vm.incoming = template / "state.bin"
+        # A new host under an old name: facts cached for the one before it must not be used.
+        (Path.home() / ".cache/provision/facts" / name).unlink(missing_ok=True)
+        vm.start()
+        vm.continue_after_incoming()
+        started.append(vm)
+    t0 = time.monotonic()
+    for vm in started:
+        _personalize(d, vm)
+        log(f"{vm.name}: ready on 127.0.0.1:{vm.ssh_port} ({time.monotonic() - t0:.1f}s)")
+    running = [h for h in status() if h.running]
+    _write_inventory(d, inventory_out, running, mirror)
+    return [LabHost(h.name, h.ssh_port, h.pid or 0) for h in running]
+
+
+def down(log: Log) -> list[str]:
+    """Stop exactly the VMs this lab started (by their pid files), remove their overlays and the lab state."""
+    d = dirs()
+    stopped = []
+    for host in status():
+        vm = _vm(d, host.name, None)
+        if vm.running():
+            vm.stop()
+            stopped.append(host.name)
+            log(f"{host.name}: stopped")
+    if aptcache.stop(d.state):
+        log("package cache: stopped")
+    try:
+        inventory = Path(d.inventory_record.read_text().strip())
+        if inventory.exists() and inventory.read_text().startswith(INVENTORY_HEADER):
+            inventory.unlink()
+    except OSError:
+        pass
+    if d.state.exists():
+        shutil.rmtree(d.state)
+    return stopped
+
+
+def status() -> list[LabHostStatus]:
+    d = dirs()
+    result = []
+    for directory in sorted(d.hosts.glob("lab*"), key=lambda p: (len(p.name), p.name)):
+        vm = _vm(d, directory.name, None)
+        result.append(LabHostStatus(vm.name, vm.ssh_port, vm.pid(), vm.running()))
+    return result
+
+
+def ssh_argv(name: str, command: tuple[str, ...] = ()) -> list[str]:
+    d = dirs()
+    for host in status():
+        if host.name == name:
+            return ["ssh", *ssh_options(d), "-p", str(host.ssh_port), f"{LAB_USER}@127.0.0.1", *command]
+    raise UsageError(f"no lab host named {name!r} (see: provision lab status)")
+
+
+def ssh_options(d: LabDirs) -> list[str]:
+    return [
+        "-i", str(d.key), "-o", "IdentitiesOnly=yes", "-o", f"UserKnownHostsFile={d.known_hosts}",
+        "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10",
+    ]  # fmt: skip
+
+
+# --- VMs --------------------------------------------------------------------------------------------------
+
+
+def _vm(d: LabDirs, name: str, spec: VmSpec | None) -> Vm:
+    directory = d.hosts / name
+    try:
+        port = int((directory / "ssh-port").read_text())
+    except (OSError, ValueError):
+        port = 0
+    return Vm(
+        name=name,
+        directory=directory,
+        spec=spec or VmSpec(Path(), Path(), ""),
+        ssh_port=port,
+        disk=directory / "disk.qcow2",
+        data_disk=directory / "data.qcow2",
+        data_serial=f"{name}-data",
+    )
+
+
+def _check_port_free(port: int) -> None:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            raise EnvironmentProblem(f"port 127.0.0.1:{port} is taken; stop what uses it or pass --base-port") from None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _create_overlay(path: Path, backing: Path) -> None:
+    from provision.lab.qemu import create_overlay
+
+    create_overlay(path, backing)
+
+
+def _create_blank(path: Path, size: str) -> None:
+    from provision.lab.qemu import create_blank
+
+    create_blank(path, size)
+
+
+def _ensure_key(d: LabDirs) -> None:
+    if d.key.exists():
+        return
+    require_tool("ssh-keygen", "openssh-client")
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "provision-lab", "-f", str(d.key)],
+        check=True,
+    )
+
+
+def _host_keys(workdir: Path) -> tuple[bytes, str]:
+    """Generate a clone's SSH host keys on the host; return them as a tar and the ed25519 public key."""
+    for kind, bits in (("ed25519", []), ("ecdsa", ["-b", "256"]), ("rsa", ["-b", "3072"])):
+        path = workdir / f"ssh_host_{kind}_key"
+        subprocess.run(["ssh-keygen", "-q", "-t", kind, *bits, "-N", "", "-C", "", "-f", str(path)], check=True)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for path in sorted(workdir.glob("ssh_host_*")):
+            info = tar.gettarinfo(str(path), arcname=path.name)
+            info.uid = info.gid = 0
+            info.uname = info.gname = "root"
+            info.mode = 0o644 if path.suffix == ".pub" else 0o600
+            with path.open("rb") as f:
+                tar.addfile(info, f)
+    public = (workdir / "ssh_host_ed25519_key.pub").read_text().split()
+    return buf.getvalue(), f"{public[0]} {public[1]}"
+
+
+def _personalize(d: LabDirs, vm: Vm) -> None:
+    """Give a resumed clone its own identity and clock, install the lab key, record its host key."""
+    with tempfile.TemporaryDirectory(prefix="hostkeys-") as tmp:
+        keys_tar, host_key = _host_keys(Path(tmp))
+    pubkey = (d.key.with_suffix(".pub")).read_text().strip()
+    try:
+        with vm.wait_for_agent(RESUME_TIMEOUT) as agent:
+            result = guest_exec(
+                agent,
+                ["/usr/local/sbin/lab-personalize", vm.name, str(int(time.time())), pubkey],
+                stdin=keys_tar,
+            )
+    except (OSError, TimeoutError, RuntimeError) as exc:
+        raise EnvironmentProblem(
+            f"lab VM {vm.name}: guest agent failed ({exc}); console:\n{vm.console_tail()}"
+        ) from exc
+    if result.rc != 0:
+        raise EnvironmentProblem(f"lab VM {vm.name}: personalising failed: {result.stderr.strip()}")
+    _record_host_key(d, vm.ssh_port, host_key)
+    _wait_for_ssh(d, vm)
+
+
+def _record_host_key(d: LabDirs, port: int, host_key: str) -> None:
+    marker = f"[127.0.0.1]:{port} "
+    lines = []
+    if d.known_hosts.exists():
+        lines = [line for line in d.known_hosts.read_text().splitlines() if not line.startswith(marker)]
+    lines.append(marker + host_key)
+    d.known_hosts.write_text("\n".join(lines) + "\n")
+
+
+def _wait_for_ssh(d: LabDirs, vm: Vm, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    argv = ["ssh", *ssh_options(d), "-p", str(vm.ssh_port), f"{LAB_USER}@127.0.0.1", "true"]
+    last = ""
+    while time.monotonic() < deadline:
+        proc = subprocess.run(argv, capture_output=True, text=True, check=False)
+        if proc.returncode == 0:
+            return
+        last = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}"
+        time.sleep(0.5)
+    raise EnvironmentProblem(f"lab VM {vm.name}: SSH on 127.0.0.1:{vm.ssh_port} does not answer ({last})")
+
+
+# --- acceleration and the template ------------------------------------------------------------------------
+
+
+def _qemu_version() -> str:
+    return subprocess.run([QEMU, "--version"], capture_output=True, text=True, check=True).stdout.splitlines()[0]
+
+
+def _accel(d: LabDirs, image: BaseImage, log: Log) -> str:
+    """KVM only when it really boots a guest here; the verdict is cached.  Override: PROVISION_LAB_ACCEL."""
+    forced = os.environ.get("PROVISION_LAB_ACCEL", "")
+    if forced in ("kvm", "tcg"):
+        return forced
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return "tcg"
+    key = hashlib.sha256(f"{_qemu_version()} {os.uname().release} {image.directory.name}".encode()).hexdigest()[:16]
+    verdict_file = d.cache / "accel" / key
+    if verdict_file.exists():
+        return verdict_file.read_text().strip()
+    log("checking whether KVM boots a guest on this machine (once)")
+    verdict = "tcg"
+    with tempfile.TemporaryDirectory(prefix="kvm-probe-", dir=d.cache) as tmp:
+        vm = Vm("kvm-probe", Path(tmp), VmSpec(image.kernel, image.initrd, APPEND, accel="kvm"), _free_port(),
+                Path(tmp) / "disk.qcow2", None)  # fmt: skip
+        _create_overlay(vm.disk, image.disk)
+        try:
+            vm.start()
+            with vm.wait_for_agent(90.0) as agent:
+                if guest_exec(agent, ["/bin/true"]).rc == 0:
+                    verdict = "kvm"
+        except EnvironmentProblem:
+            pass
+        finally:
+            vm.stop(timeout=5)
+    log(f"KVM {'works' if verdict == 'kvm' else 'does not boot guests here; using TCG emulation'}")
+    verdict_file.parent.mkdir(parents=True, exist_ok=True)
+    verdict_file.write_text(verdict + "\n")
+    return verdict
+
+
+def _ensure_template(d: LabDirs, image: BaseImage, spec: VmSpec, log: Log) -> Path:
+    """A booted VM saved to disk: clones resume from it in seconds instead of booting for half a minute."""
+    identity = {
+        "image": image.directory.name,
+        "spec": {**asdict(spec), "kernel": "", "initrd": ""},
+        "version": 1,
+    }
+    key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+    template = d.cache / "templates" / key
+    if (template / "state.bin").exists():
+        return template
+    log("booting the lab template VM once (its saved state makes later starts fast)")
+    template.parent.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="build-", dir=template.parent) as tmp:
+        work = Path(tmp)
+        vm = Vm("lab-template", work, spec, _free_port(), work / "disk.qcow2", work / "data.qcow2", "lab-data")
+        _create_overlay(vm.disk, image.disk)
+        _create_blank(vm.data_disk, DATA_DISK_SIZE)  # type: ignore[arg-type]
+        vm.start()
+        try:
+            with vm.wait_for_agent(BOOT_TIMEOUT) as agent:
+                booted = guest_exec(agent, ["/bin/systemctl", "is-system-running", "--wait"], timeout=BOOT_TIMEOUT)
+                if booted.stdout.strip() not in ("running", "degraded"):
+                    raise EnvironmentProblem(f"lab template did not finish booting: {booted.stdout.strip()}")
+                # Less memory in the saved state means faster resumes.
+                guest_exec(agent, ["/bin/sh", "-c", "sync; echo 3 > /proc/sys/vm/drop_caches"])
+            state = work / "state.bin"
+            with qmp(vm.qmp_path, timeout=BOOT_TIMEOUT) as monitor:
+                monitor.call("stop")
+                monitor.call("migrate", uri=f"exec:cat > {state}")
+                while True:
+                    info = monitor.call("query-migrate")
+                    assert isinstance(info, dict)
+                    if info.get("status") == "completed":
+                        break
+                    if info.get("status") in ("failed", "cancelled"):
+                        raise EnvironmentProblem(f"saving the lab template failed: {info}")
+                    time.sleep(0.2)
+        finally:
+            vm.stop()
+        final = work / "template"
+        final.mkdir()
+        (work / "disk.qcow2").rename(final / "disk.qcow2")
+        state.rename(final / "state.bin")
+        (final / "disk.qcow2").chmod(0o444)  # frozen: the backing file of every clone
+        (final / "identity.json").write_text(json.dumps(identity, indent=2, sort_keys=True))
+        final.rename(template)
+    log(f"lab template ready ({time.monotonic() - started:.0f}s)")
+    return template
+
+
+# --- inventory --------------------------------------------------------------------------------------------
+
+INVENTORY_HEADER = "# Generated by `provision lab up`; removed by `provision lab down`. Do not edit.\n"
+
+
+def _write_inventory(d: LabDirs, path: Path, hosts: list[LabHostStatus], mirror: bool) -> None:
+    common_args = " ".join(
+        [f"-o UserKnownHostsFile={d.known_hosts}", "-o StrictHostKeyChecking=yes", "-o IdentitiesOnly=yes"]
+    )
+    group_vars = {
+        "ansible_user": LAB_USER,
+        "ansible_ssh_private_key_file": str(d.key),
+        "ansible_ssh_common_args": common_args,
+        # The package cache on the host, as a mirror; empty when the lab runs without it (--no-mirror).
+        "base_apt_mirror": f"{aptcache.GUEST_URL}/deb.debian.org/debian" if mirror else "",
+        "base_apt_security_mirror": f"{aptcache.GUEST_URL}/deb.debian.org/debian-security" if mirror else "",
+    }
+    inventory = {
+        "all": {
+            "children": {
+                "lab": {
+                    "hosts": {h.name: {"ansible_host": "127.0.0.1", "ansible_port": h.ssh_port} for h in hosts},
+                    "vars": group_vars,
+                }
+            }
+        }
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(INVENTORY_HEADER + yaml.safe_dump(inventory, sort_keys=False))
+    d.inventory_record.write_text(f"{path.resolve()}\n")

@@ -1,0 +1,180 @@
+"""The lab's Debian 12 base image, built from Debian packages with mmdebstrap and cached by its recipe.
+
+The recipe (packages, suite, the setup script below) is hashed; an image is rebuilt only when that hash
+changes.  The result is a qcow2 root filesystem without partition table or bootloader, plus the kernel and
+initrd taken out of it, which qemu boots directly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from provision.errors import EnvironmentProblem
+from provision.lab.qemu import QEMU_IMG, require_tool
+
+SUITE = "bookworm"
+MIRROR = "http://deb.debian.org/debian"
+SECURITY_MIRROR = "http://deb.debian.org/debian-security"
+# What a fresh cloud VM has: a kernel, systemd, sshd, python3 and sudo.  qemu-guest-agent is the lab's
+# back door for personalising clones; e2fsprogs and udev are on every cloud image.
+PACKAGES = (
+    "linux-image-amd64", "initramfs-tools", "systemd-sysv", "udev", "dbus", "kmod", "e2fsprogs",
+    "passwd", "openssh-server", "python3", "python3-apt", "sudo", "ca-certificates", "iproute2", "qemu-guest-agent",
+    "procps", "less", "netbase",
+)  # fmt: skip
+ROOT_SIZE = "12G"
+# The lab's login user, as on Debian's cloud images: passwordless sudo, key installed per clone.
+LAB_USER = "debian"
+
+SETUP_SCRIPT = r"""#!/bin/sh
+set -eu
+echo lab > /etc/hostname
+printf '127.0.0.1\tlocalhost\n127.0.1.1\tlab\n::1\tlocalhost ip6-localhost ip6-loopback\n' > /etc/hosts
+printf '/dev/vda\t/\text4\terrors=remount-ro\t0\t1\n' > /etc/fstab
+# Match only the VM's own NIC: a Type=ether match would take over Docker's veth interfaces.
+mkdir -p /etc/systemd/network
+printf '[Match]\nName=en* eth*\n\n[Network]\nDHCP=yes\n' > /etc/systemd/network/10-lab.network
+printf 'nameserver 10.0.2.3\n' > /etc/resolv.conf
+systemctl enable systemd-networkd ssh
+systemctl mask systemd-networkd-wait-online.service
+useradd --create-home --shell /bin/bash --groups sudo __USER__
+passwd --lock __USER__
+printf '__USER__ ALL=(ALL) NOPASSWD:ALL\n' > /etc/sudoers.d/90-lab-user
+chmod 0440 /etc/sudoers.d/90-lab-user
+passwd --lock root
+cat > /usr/local/sbin/lab-personalize <<'EOS'
+#!/bin/sh
+# Run by `provision lab up` through the guest agent on every new clone: a clone must not share the
+# template's identity (host keys, machine-id, hostname) nor its clock.
+set -eu
+name=$1 epoch=$2 pubkey=$3
+date -s "@$epoch" >/dev/null
+# Host keys arrive on stdin as a tar made on the host: generating RSA keys under TCG takes seconds.
+rm -f /etc/ssh/ssh_host_*
+tar -x -C /etc/ssh
+echo "$name" > /etc/hostname
+hostname "$name"
+sed -i "s/^127.0.1.1.*/127.0.1.1\t$name/" /etc/hosts
+rm -f /etc/machine-id /var/lib/dbus/machine-id
+systemd-machine-id-setup >/dev/null 2>&1
+systemctl restart ssh systemd-journald
+# The data disk is new: refresh udev's by-id links, which still name the template's disk.
+udevadm trigger --action=change --subsystem-match=block
+udevadm settle --timeout=10
+home=$(getent passwd __USER__ | cut -d: -f6)
+install -d -m 0700 -o __USER__ -g __USER__ "$home/.ssh"
+printf '%s\n' "$pubkey" > "$home/.ssh/authorized_keys"
+chown __USER__:__USER__ "$home/.ssh/authorized_keys"
+chmod 0600 "$home/.ssh/authorized_keys"
+EOS
+chmod 0755 /usr/local/sbin/lab-personalize
+""".replace("__USER__", LAB_USER)
+
+
+@dataclass(frozen=True)
+class BaseImage:
+    directory: Path
+
+    @property
+    def disk(self) -> Path:
+        return self.directory / "root.qcow2"
+
+    @property
+    def kernel(self) -> Path:
+        return self.directory / "vmlinuz"
+
+    @property
+    def initrd(self) -> Path:
+        return self.directory / "initrd.img"
+
+    def exists(self) -> bool:
+        return all(p.exists() for p in (self.disk, self.kernel, self.initrd, self.directory / "recipe.json"))
+
+
+def recipe() -> dict:
+    return {
+        "version": 1,
+        "suite": SUITE,
+        "mirrors": [MIRROR, SECURITY_MIRROR],
+        "packages": list(PACKAGES),
+        "root_size": ROOT_SIZE,
+        "setup": SETUP_SCRIPT,
+    }
+
+
+def recipe_hash() -> str:
+    return hashlib.sha256(json.dumps(recipe(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def ensure_base_image(cache_dir: Path, log: Callable[[str], None]) -> BaseImage:
+    """Return the cached image for the current recipe, building it first if needed (~2-3 min)."""
+    image = BaseImage(cache_dir / "images" / f"debian12-{recipe_hash()}")
+    if image.exists():
+        return image
+    require_tool("mmdebstrap", "mmdebstrap")
+    require_tool("mkfs.ext4", "e2fsprogs")
+    require_tool(QEMU_IMG, "qemu-utils")
+    log(f"building the lab's Debian 12 image (recipe {recipe_hash()}); this takes a few minutes once")
+    image.directory.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="build-", dir=image.directory.parent) as tmp:
+        work = Path(tmp)
+        rootfs, script = work / "rootfs", work / "setup.sh"
+        script.write_text(SETUP_SCRIPT)
+        sources = [
+            f"deb {MIRROR} {SUITE} main",
+            f"deb {MIRROR} {SUITE}-updates main",
+            f"deb {SECURITY_MIRROR} {SUITE}-security main",
+        ]
+        _run(
+            [
+                "mmdebstrap",
+                "--quiet",
+                "--variant=apt",
+                "--include=" + ",".join(PACKAGES),
+                # Keep the package lists: a fresh cloud VM has them and `apt-get update` costs ~30 s under TCG.
+                "--skip=cleanup/apt/lists",
+                f"--customize-hook=upload {script} /root/lab-setup.sh",
+                '--customize-hook=chroot "$1" sh /root/lab-setup.sh',
+                '--customize-hook=rm -f "$1/root/lab-setup.sh"',
+                SUITE,
+                str(rootfs),
+                *sources,
+            ],
+            "mmdebstrap",
+        )
+        boot = rootfs / "boot"
+        shutil.copyfile(_only(boot.glob("vmlinuz-*")), work / "vmlinuz")
+        shutil.copyfile(_only(boot.glob("initrd.img-*")), work / "initrd.img")
+        raw = work / "root.raw"
+        _run(["mkfs.ext4", "-q", "-L", "root", "-d", str(rootfs), str(raw), ROOT_SIZE], "mkfs.ext4")
+        _run([QEMU_IMG, "convert", "-q", "-O", "qcow2", str(raw), str(work / "root.qcow2")], "qemu-img convert")
+        (work / "recipe.json").write_text(json.dumps(recipe(), indent=2, sort_keys=True))
+        staging = work / "image"
+        staging.mkdir()
+        for name in ("root.qcow2", "vmlinuz", "initrd.img", "recipe.json"):
+            (work / name).rename(staging / name)
+        (staging / "root.qcow2").chmod(0o444)  # the base of every overlay: never written again
+        staging.rename(image.directory)
+    log(f"lab image ready: {image.directory}")
+    return image
+
+
+def _only(paths: object) -> Path:
+    found = sorted(paths)  # type: ignore[call-overload]
+    if len(found) != 1:
+        raise EnvironmentProblem(f"lab image: expected one kernel/initrd, found {[str(p) for p in found]}")
+    return found[0]
+
+
+def _run(argv: list[str], what: str) -> None:
+    proc = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        tail = "\n".join(proc.stderr.strip().splitlines()[-10:])
+        raise EnvironmentProblem(f"lab image: {what} failed (exit {proc.returncode}):\n{tail}")
