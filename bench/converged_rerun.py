@@ -1,0 +1,97 @@
+"""Benchmark: a no-change re-run of site.yml on one converged lab host, ours versus stock Ansible.
+
+Prints wall times (median of --runs) and the ratio; it asserts nothing.  Both sides run in the same
+process, on the same host, alternating, so machine load affects both alike.
+
+    python bench/converged_rerun.py [--runs 3] [--inventory DIR]
+
+Without --inventory it starts a one-VM lab of its own (state in a temp dir) and stops it afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def timed(argv: list[str], env: dict[str, str]) -> float:
+    start = time.perf_counter()
+    proc = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
+    elapsed = time.perf_counter() - start
+    if proc.returncode != 0:
+        sys.exit(
+            f"bench: {' '.join(argv[:3])} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-2000:]}"
+        )
+    return elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--inventory", type=Path)
+    args = parser.parse_args()
+    provision = [sys.executable, "-m", "provision"]
+    env = dict(os.environ)
+    tmp = Path(tempfile.mkdtemp(prefix="provision-bench-"))
+    inventory = args.inventory
+    try:
+        if inventory is None:
+            env["PROVISION_LAB_STATE"] = str(tmp / "state")
+            inventory = tmp / "inventory"
+            inventory.mkdir()
+            shutil.copytree(ROOT / "inventories/lab/group_vars", inventory / "group_vars")
+            lab_up = [
+                "lab",
+                "up",
+                "--hosts",
+                "1",
+                "--base-port",
+                "2351",
+                "--inventory-out",
+                str(inventory / "hosts.yml"),
+            ]
+            subprocess.run([*provision, *lab_up], cwd=ROOT, env=env, check=True)
+        print("converging once ...", flush=True)
+        timed([*provision, "up", "-i", str(inventory)], env)
+
+        ours_cmd = [*provision, "up", "-i", str(inventory)]
+        stock_cmd = [str(BIN / "ansible-playbook"), "-i", str(inventory), "playbooks/site.yml",
+                     "-e", "provision_gather_subset=all"]  # fmt: skip
+        stock_env = {
+            **env,
+            "ANSIBLE_CONFIG": str(ROOT / "bench/stock-ansible.cfg"),
+            "ANSIBLE_SSH_ARGS": "-o ControlMaster=no",  # no ControlPersist
+            "ANSIBLE_PIPELINING": "False",
+            "ANSIBLE_GATHERING": "implicit",
+        }
+        ours, stock = [], []
+        for i in range(args.runs):
+            ours.append(timed(ours_cmd, env))
+            stock.append(timed(stock_cmd, stock_env))
+            print(
+                f"run {i + 1}: provision up {ours[-1]:.1f}s, stock ansible-playbook {stock[-1]:.1f}s",
+                flush=True,
+            )
+        o, s = statistics.median(ours), statistics.median(stock)
+        print(f"\nno-change re-run of site.yml, 1 converged lab host, median of {args.runs}:")
+        print(f"  provision up (pipelining, ControlPersist, cached minimal facts): {o:6.1f} s")
+        print(f"  stock ansible-playbook (no pipelining, no ControlPersist, full facts): {s:6.1f} s")
+        print(f"  ratio stock/ours: {s / o:.2f}x")
+    finally:
+        if args.inventory is None:
+            subprocess.run([*provision, "lab", "down"], cwd=ROOT, env=env, check=False)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

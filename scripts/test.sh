@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The whole test suite: linters, unit and golden tests, then integration tests on real lab VMs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+export PATH="$PWD/.venv/bin:$PATH"
+echo "== lint"
+ruff check .
+ruff format --check .
+yamllint --strict .
+ansible-lint -q
+echo "== tests"
+exec pytest -ra "$@"
