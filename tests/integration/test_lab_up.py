@@ -10,8 +10,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import yaml
-
-from .conftest import Lab, recap
+from labtools import Lab, recap
 
 Runs = tuple[subprocess.CompletedProcess[str], subprocess.CompletedProcess[str]]
 

@@ -1,0 +1,62 @@
+"""What the integration tests share: running provision as a user does, reading its recap."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+BASE_PORT = 2311
+
+
+@dataclass(frozen=True)
+class Lab:
+    inventory: Path
+    state: Path
+    env: dict[str, str]
+
+    def provision(self, *args: str, check: bool = False, timeout: float = 1800) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(
+            [sys.executable, "-m", "provision", *args],
+            cwd=ROOT,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        # Shown by pytest only when a test fails: what the user would have seen.
+        print(f"$ provision {' '.join(args)}\n{proc.stdout}\n{proc.stderr}\n(exit {proc.returncode})")
+        if check and proc.returncode != 0:
+            raise AssertionError(f"provision {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+        return proc
+
+    def ssh(self, host: str, command: str) -> subprocess.CompletedProcess[str]:
+        return self.provision("lab", "ssh", host, "--", command)
+
+
+RECAP = re.compile(r"^(?P<host>\S+)\s+ok=(?P<ok>\d+)\s+changed=(?P<changed>\d+)\s+unreachable=(?P<unreachable>\d+)"
+                   r"\s+failed=(?P<failed>\d+)", re.M)  # fmt: skip
+
+
+def recap(output: str) -> dict[str, dict[str, int]]:
+    """The per-host recap `provision up` prints at the end, as numbers."""
+    found = {m["host"]: {k: int(v) for k, v in m.groupdict().items() if k != "host"} for m in RECAP.finditer(output)}
+    assert found, f"no recap in output:\n{output}"
+    return found
+
+
+def our_qemu_pids(state: Path) -> list[int]:
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                cmdline = (proc / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"qemu-system" in cmdline and str(state).encode() in cmdline:
+                pids.append(int(proc.name))
+    return pids
