@@ -49,25 +49,20 @@ def start(state_dir: Path, cache_dir: Path) -> bool:
         raise EnvironmentProblem(f"port 127.0.0.1:{PORT} is taken by something that is not apt-cacher-ng")
     if not Path(BINARY).exists():
         require_tool("apt-cacher-ng", "apt-cacher-ng")
-    store, logs = cache_dir / "apt-cacher-ng", state_dir / "apt-cacher-ng-log"
-    store.mkdir(parents=True, exist_ok=True)
-    logs.mkdir(parents=True, exist_ok=True)
-    pidfile.unlink(missing_ok=True)
-    subprocess.run(
-        [
-            BINARY,
-            "-c",
-            "/etc/apt-cacher-ng",
-            "ForeGround=0",
-            f"Port={PORT}",
-            "BindAddress=127.0.0.1",
-            f"CacheDir={store}",
-            f"LogDir={logs}",
-            f"PidFile={pidfile}",
-        ],
-        check=True,
-        capture_output=True,
+    store, logs, conf = cache_dir / "apt-cacher-ng", state_dir / "apt-cacher-ng-log", state_dir / "apt-cacher-ng-conf"
+    for directory in (store, logs, conf):
+        directory.mkdir(parents=True, exist_ok=True)
+    # Our own configuration, not /etc/apt-cacher-ng: Debian's remaps send deb.debian.org requests to a
+    # backend list (ftp.debian.org) that may not resolve where only the registry's own name does.  With no
+    # remap, a URL like http://10.0.2.2:3142/deb.debian.org/debian/... is fetched from that very host.
+    (conf / "acng.conf").write_text(
+        f"CacheDir: {store}\nLogDir: {logs}\nSupportDir: /usr/lib/apt-cacher-ng\nPort: {PORT}\n"
+        f"BindAddress: 127.0.0.1\nPidFile: {pidfile}\nReportPage: acng-report.html\nExThreshold: 4\n"
     )
+    pidfile.unlink(missing_ok=True)
+    proc = subprocess.run([BINARY, "-c", str(conf), "ForeGround=0"], check=False, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise EnvironmentProblem(f"apt-cacher-ng did not start: {(proc.stderr or proc.stdout).strip()[-300:]}")
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         if _port_open(PORT):
