@@ -385,6 +385,19 @@ def test_refusal_is_one_line_naming_device_finding_and_variable() -> None:
     assert (disk["wipe"], disk["format"]) == (False, False)
 
 
+def test_refusal_of_a_disk_with_a_mountable_partition_says_how_to_mount_it() -> None:
+    vdb = device("vdb", blkid=DOS, signatures=["dos at 0x1fe"], partitions=["vdb1", "vdb2"])
+    vdb.partition_types = {"vdb1": "", "vdb2": "xfs"}
+    (disk,) = run_probe(lab_host(vdb), [{"device": "/dev/vdb", "mount": "/srv/models"}])["disks"]
+    assert disk["error"] == (
+        "disks: /dev/vdb (serial lab1-data) is not blank: dos partition table with partitions vdb1 (no filesystem), "
+        'vdb2 (xfs); to wipe it set disks_wipe: ["lab1-data"] (or device: /dev/vdb2 mounts that partition as it is)'
+    )
+    vdb.partition_types = {"vdb1": "", "vdb2": ""}
+    (disk,) = run_probe(lab_host(vdb), [{"device": "/dev/vdb", "mount": "/srv/models"}])["disks"]
+    assert disk["error"].endswith('to wipe it set disks_wipe: ["lab1-data"]')
+
+
 @pytest.mark.parametrize("name", ["lab1-data", "/dev/vdb", "/dev/disk/by-id/virtio-lab1-data"])
 def test_disks_wipe_by_any_name_allows_wiping(name: str) -> None:
     host = lab_host(device("vdb", blkid=DOS, signatures=["dos at 0x1fe"]))

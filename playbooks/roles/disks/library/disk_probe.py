@@ -566,8 +566,9 @@ def _summary(
         if not decision.wipeable:
             return f"{head}: REFUSED: {who} {decision.reason}"
         fix = f'to wipe it set disks_wipe: ["{wipe_suggestion(dev, requested)}"]'
-        if dev.partitions:
-            fix = f"to mount a partition as it is, set device: /dev/{dev.partitions[0]}; {fix}"
+        mountable = [p for p in dev.partitions if dev.partition_types.get(p) in MOUNTABLE]
+        if mountable:  # after the disks_wipe hint: a long line is cut at its end
+            fix += f" (or device: /dev/{mountable[0]} mounts that partition as it is)"
         return f"{head}: REFUSED: {who} is not blank: {decision.reason}; {fix}"
     if result["wipe"]:
         action = f"not blank ({decision.reason}) and named in disks_wipe: wipe it, create {fstype}, mount at {mount}"
