@@ -302,6 +302,17 @@ def lab_status() -> ExitCode:
     return ExitCode.OK
 
 
+@lab.command("restart")
+@click.argument("name")
+@click.option("--no-data-disk", is_flag=True, help="Boot without the data disk, as if it were detached.")
+def lab_restart(name: str, no_data_disk: bool) -> ExitCode:
+    """Power-cycle a lab VM and boot it cold (its disks keep their contents)."""
+    from provision import lab as lab_vms
+
+    lab_vms.restart(name, log=_log, data_disk=not no_data_disk)
+    return ExitCode.OK
+
+
 @lab.command("ssh", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
 @click.argument("name")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)

@@ -120,6 +120,7 @@ def up(
             shutil.rmtree(vm.directory)
         vm.directory.mkdir(parents=True)
         (vm.directory / "ssh-port").write_text(f"{port}\n")
+        (vm.directory / "spec.json").write_text(json.dumps({k: str(v) for k, v in asdict(spec).items()}))
         vm = _vm(d, name, spec)
         _create_overlay(vm.disk, template / "disk.qcow2")
         _create_blank(vm.data_disk, DATA_DISK_SIZE)  # type: ignore[arg-type]
@@ -159,6 +160,36 @@ def down(log: Log) -> list[str]:
     if d.state.exists():
         shutil.rmtree(d.state)
     return stopped
+
+
+def restart(name: str, log: Log, data_disk: bool = True) -> None:
+    """Power-cycle a lab VM and boot it cold from its own disk, optionally with its data disk detached.
+
+    This is how tests see what a real reboot sees (fstab, units enabled at boot) and what happens when a
+    cloud data disk is gone (a boot that must not hang on it).
+    """
+    d = dirs()
+    vm = _vm(d, name, None)
+    try:
+        saved = json.loads((vm.directory / "spec.json").read_text())
+    except (OSError, ValueError):
+        raise UsageError(f"no lab host named {name!r} (see: provision lab status)") from None
+    vm.spec = VmSpec(
+        kernel=Path(saved["kernel"]),
+        initrd=Path(saved["initrd"]),
+        append=saved["append"],
+        memory_mib=int(saved["memory_mib"]),
+        cpus=int(saved["cpus"]),
+        accel=saved["accel"],
+    )
+    vm.shutdown()
+    if not data_disk:
+        vm.data_disk = None
+    started = time.monotonic()
+    vm.start()
+    _wait_for_ssh(d, vm, timeout=BOOT_TIMEOUT)
+    detached = " without its data disk" if not data_disk else ""
+    log(f"{name}: booted{detached} ({time.monotonic() - started:.0f}s)")
 
 
 def status() -> list[LabHostStatus]:

@@ -272,6 +272,21 @@ class Vm:
         pid = self.pid()
         return pid is not None and is_our_qemu(pid, self.directory)
 
+    def shutdown(self, timeout: float = 90.0) -> None:
+        """Shut the guest down cleanly (guest agent), falling back to stop() if it does not power off."""
+        pid = self.pid()
+        if pid is None or not is_our_qemu(pid, self.directory):
+            return
+        try:
+            with qga(self.qga_path, timeout=15.0) as agent:
+                agent.send({"execute": "guest-shutdown", "arguments": {"mode": "powerdown"}})
+        except (OSError, ConnectionError, ValueError):
+            pass
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and pid_alive(pid):
+            time.sleep(0.2)
+        self.stop()
+
     def stop(self, timeout: float = 15.0) -> None:
         """Stop this VM: ask QMP to quit, then SIGTERM, then SIGKILL.  Only a qemu started from this directory."""
         pid = self.pid()
