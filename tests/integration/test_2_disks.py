@@ -1,0 +1,195 @@
+"""The disks role on real lab VMs with real virtio disks (/dev/vdb, serial labN-data, as on Aliyun).
+
+Runs after test_1_lab_up.py on the same two VMs.  Each test puts /dev/vdb into the state it needs
+(blank, ext4 with a file, a partition table, an LVM PV, a LUKS signature) through SSH, then runs
+`provision up --tags disks` with the disks configured in the inventory's group_vars, as a user would.
+"""
+
+from __future__ import annotations
+
+import base64
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+from labtools import Lab, recap
+
+MOUNT = "/srv/models"
+
+
+def disks_inventory(lab: Lab, tmp_path: Path, **extra: object) -> Path:
+    """A copy of the lab inventory whose group_vars configure the data disk, as a user would write it."""
+    inventory = tmp_path / "inventory"
+    shutil.copytree(lab.inventory, inventory, dirs_exist_ok=True)
+    config = {
+        "disks_cloud": "aliyun",
+        # Aliyun names a data disk by its serial; the lab gives each VM's /dev/vdb the serial labN-data.
+        "disks_devices": [{"cloud_name": "{{ inventory_hostname }}-data", "mount": MOUNT, "owner": "debian"}],
+        **extra,
+    }
+    (inventory / "group_vars" / "lab.yml").write_text(yaml.safe_dump(config))
+    return inventory
+
+
+def up_disks(lab: Lab, inventory: Path, limit: str, *more: str) -> subprocess.CompletedProcess[str]:
+    return lab.provision("up", "-i", str(inventory), "--tags", "disks", "--limit", limit, *more)
+
+
+def sh(lab: Lab, host: str, command: str) -> str:
+    proc = lab.ssh(host, command)
+    assert proc.returncode == 0, f"{host}: {command}: {proc.stderr}"
+    return proc.stdout
+
+
+def reset_disk(lab: Lab, host: str) -> None:
+    """Back to a blank data disk: unmounted, out of fstab, no signature, zeros at both ends."""
+    sh(
+        lab,
+        host,
+        f"sudo umount -q {MOUNT} 2>/dev/null; sudo sed -i '\\# {MOUNT} #d' /etc/fstab; sudo systemctl daemon-reload;"
+        " sudo vgchange -an >/dev/null 2>&1; sudo pvremove -ffy /dev/vdb >/dev/null 2>&1;"
+        " sudo wipefs -aq /dev/vdb; sudo dd if=/dev/zero of=/dev/vdb bs=1M count=4 status=none conv=fsync;"
+        " sudo blockdev --rereadpt /dev/vdb 2>/dev/null; true",
+    )
+    assert probe(lab, host) == "", "the data disk did not come back blank"
+
+
+def probe(lab: Lab, host: str) -> str:
+    """What blkid's low-level probe reports on the whole disk ("" when nothing)."""
+    return lab.ssh(host, "sudo blkid -p -o export /dev/vdb").stdout.strip()
+
+
+def first_mib(lab: Lab, host: str) -> str:
+    return sh(lab, host, "sudo dd if=/dev/vdb bs=1M count=1 status=none | sha256sum").split()[0]
+
+
+def python_as_root(lab: Lab, host: str, code: str) -> None:
+    encoded = base64.b64encode(code.encode()).decode()
+    sh(lab, host, f"echo {encoded} | base64 -d | sudo python3 -")
+
+
+def mounted_uuid(lab: Lab, host: str) -> str:
+    return sh(lab, host, f"findmnt -n -o UUID --target {MOUNT} --mountpoint {MOUNT}").strip()
+
+
+def fstab_lines(lab: Lab, host: str) -> list[str]:
+    return [line for line in sh(lab, host, "cat /etc/fstab").splitlines() if f" {MOUNT} " in line]
+
+
+DOS_PARTITION_TABLE = """
+import os, struct
+fd = os.open("/dev/vdb", os.O_WRONLY)
+entry = bytes([0, 0, 2, 0, 0x83, 0, 0, 0]) + struct.pack("<II", 2048, 204800)
+os.pwrite(fd, entry, 446)
+os.pwrite(fd, b"\\x55\\xaa", 510)
+os.fsync(fd)
+"""
+
+LUKS_SIGNATURE = """
+import os
+fd = os.open("/dev/vdb", os.O_WRONLY)
+os.pwrite(fd, os.urandom(1 << 20), 0)
+header = b"LUKS\\xba\\xbe" + (1).to_bytes(2, "big")
+os.pwrite(fd, header, 0)
+os.pwrite(fd, b"0b9d5a5e-2f0c-4b55-9a3e-6a1f3c1b2d4e".ljust(40, b"\\0"), 168)
+os.fsync(fd)
+"""
+
+
+@pytest.fixture()
+def blank(lab: Lab) -> Lab:
+    for host in ("lab1", "lab2"):
+        reset_disk(lab, host)
+    return lab
+
+
+def test_check_mode_on_a_blank_disk_reports_and_changes_nothing(blank: Lab, tmp_path: Path) -> None:
+    proc = up_disks(blank, disks_inventory(blank, tmp_path), "lab1", "--check")
+    assert proc.returncode == 0, proc.stdout
+    assert recap(proc.stdout)["lab1"]["changed"] >= 1
+    assert "/dev/vdb" in proc.stdout and "ext4" in proc.stdout  # the resolved device and what would happen
+    assert probe(blank, "lab1") == ""
+    assert fstab_lines(blank, "lab1") == []
+
+
+def test_blank_disk_is_formatted_mounted_by_uuid_and_survives_a_reboot(blank: Lab, tmp_path: Path) -> None:
+    inventory = disks_inventory(blank, tmp_path)
+    first = up_disks(blank, inventory, "lab1")
+    assert first.returncode == 0, first.stdout
+    assert "lab1-data" in first.stdout and "/dev/vdb" in first.stdout  # cloud name -> device, in the output
+    uuid = mounted_uuid(blank, "lab1")
+    assert "TYPE=ext4" in probe(blank, "lab1")
+    (line,) = fstab_lines(blank, "lab1")
+    assert line.startswith(f"UUID={uuid} {MOUNT} ext4 ")
+    assert "nofail" in line and "x-systemd.device-timeout=" in line
+    assert sh(blank, "lab1", f"stat -c %U {MOUNT}").strip() == "debian"
+
+    second = up_disks(blank, inventory, "lab1")
+    assert second.returncode == 0
+    assert recap(second.stdout)["lab1"]["changed"] == 0
+
+    smoke = blank.provision("test", "-i", str(inventory), "--limit", "lab1", "-k", "disk")
+    assert smoke.returncode == 0, smoke.stdout
+
+    restarted = blank.provision("lab", "restart", "lab1")
+    assert restarted.returncode == 0, restarted.stderr
+    assert mounted_uuid(blank, "lab1") == uuid
+
+
+def test_existing_filesystem_is_mounted_as_it_is(blank: Lab, tmp_path: Path) -> None:
+    sh(blank, "lab2", "sudo mkfs.ext4 -q -L keep /dev/vdb")
+    uuid = sh(blank, "lab2", "sudo blkid -s UUID -o value /dev/vdb").strip()
+    sh(
+        blank,
+        "lab2",
+        "sudo mount /dev/vdb /mnt && echo weights | sudo tee /mnt/model.bin >/dev/null && sudo umount /mnt",
+    )
+    proc = up_disks(blank, disks_inventory(blank, tmp_path), "lab2")
+    assert proc.returncode == 0, proc.stdout
+    assert mounted_uuid(blank, "lab2") == uuid, "reformatted"
+    assert sh(blank, "lab2", f"cat {MOUNT}/model.bin").strip() == "weights"
+
+
+@pytest.mark.parametrize(
+    ("prepare", "found"),
+    [
+        (lambda lab: python_as_root(lab, "lab2", DOS_PARTITION_TABLE), "dos"),
+        (
+            lambda lab: sh(lab, "lab2", "sudo apt-get install -y -qq lvm2 >/dev/null && sudo pvcreate -qq /dev/vdb"),
+            "LVM",
+        ),
+        (lambda lab: python_as_root(lab, "lab2", LUKS_SIGNATURE), "LUKS"),
+    ],
+    ids=["partition-table", "lvm-pv", "luks-signature"],
+)
+def test_disk_that_is_not_blank_stops_only_its_host(blank: Lab, tmp_path: Path, prepare, found: str) -> None:  # type: ignore[no-untyped-def]
+    prepare(blank)
+    assert probe(blank, "lab2") != "", "the test did not manage to put a signature on the disk"
+    before = first_mib(blank, "lab2")
+    proc = up_disks(blank, disks_inventory(blank, tmp_path), "lab1,lab2")
+    assert proc.returncode == 1, proc.stdout
+    stats = recap(proc.stdout)
+    assert stats["lab2"]["failed"] == 1 and stats["lab2"]["changed"] == 0
+    assert stats["lab1"]["failed"] == 0 and mounted_uuid(blank, "lab1")  # the other host still converged
+    refusal = next(line for line in proc.stdout.splitlines() if "is not blank" in line)
+    assert "/dev/vdb" in refusal and found.lower() in refusal.lower() and 'disks_wipe: ["lab2-data"]' in refusal
+    assert first_mib(blank, "lab2") == before, "the disk was written to"
+    assert fstab_lines(blank, "lab2") == []
+
+    wiped = up_disks(blank, disks_inventory(blank, tmp_path, disks_wipe=["lab2-data"]), "lab2")
+    assert wiped.returncode == 0, wiped.stdout
+    assert "TYPE=ext4" in probe(blank, "lab2") and mounted_uuid(blank, "lab2")
+
+
+def test_detached_data_disk_does_not_block_boot(blank: Lab, tmp_path: Path) -> None:
+    assert up_disks(blank, disks_inventory(blank, tmp_path), "lab1").returncode == 0
+    assert len(fstab_lines(blank, "lab1")) == 1
+    detached = blank.provision("lab", "restart", "lab1", "--no-data-disk")
+    assert detached.returncode == 0, detached.stderr  # booted, and sshd answers
+    assert sh(blank, "lab1", "systemctl is-system-running || true").strip() in ("running", "degraded")
+    assert sh(blank, "lab1", f"findmnt -n {MOUNT} || echo not-mounted").strip() == "not-mounted"
+    reattached = blank.provision("lab", "restart", "lab1")
+    assert reattached.returncode == 0
+    assert mounted_uuid(blank, "lab1")
