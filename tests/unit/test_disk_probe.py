@@ -382,6 +382,9 @@ def test_refusal_is_one_line_naming_device_finding_and_variable() -> None:
         'disks: /dev/vdb (serial lab1-data) is not blank: dos partition table; to wipe it set disks_wipe: ["lab1-data"]'
     )
     assert "\n" not in disk["error"] and len(disk["error"]) < 200
+    assert (
+        disk["summary"] == "/dev/vdb -> /dev/vdb (20.0 GiB, serial lab1-data): refused: not blank: dos partition table"
+    )
     assert (disk["wipe"], disk["format"]) == (False, False)
 
 

@@ -544,32 +544,37 @@ def plan(
         "selinux_type": config.get("selinux_type") or "",
         "error": "",
     }
-    result["summary"] = _summary(result, dev, host, decision, requested, label, str(config["fstype"]))
+    result["summary"] = _summary(result, dev, host, decision, label, str(config["fstype"]))
     if decision.verdict == "refuse" and not wiping:
-        result["error"] = "disks: " + result["summary"].split(": REFUSED: ", 1)[1]
+        result["error"] = refusal(dev, decision, requested, label)
     return result
 
 
-def _summary(
-    result: dict, dev: Device | None, host: Host, decision: Decision, requested: str, label: str, wanted_fstype: str
-) -> str:
+def refusal(dev: Device | None, decision: Decision, requested: str, label: str) -> str:
+    """The one line a refused disk stops its host with: the device, what was found, and what would allow it."""
+    if dev is None:
+        return f"disks: {label} {decision.reason}"
+    if dev.serial and (label == dev.path or label.startswith("serial:")):
+        who = f"{dev.path} (serial {dev.serial})"
+    else:
+        who = dev.path if label in (dev.path, "auto") else f"{dev.path} ({label})"
+    if not decision.wipeable:
+        return f"disks: {who} {decision.reason}"
+    fix = f'to wipe it set disks_wipe: ["{wipe_suggestion(dev, requested)}"]'
+    mountable = [p for p in dev.partitions if dev.partition_types.get(p) in MOUNTABLE]
+    if mountable:  # after the disks_wipe hint: a long line is cut at its end
+        fix += f" (or device: /dev/{mountable[0]} mounts that partition as it is)"
+    return f"disks: {who} is not blank: {decision.reason}; {fix}"
+
+
+def _summary(result: dict, dev: Device | None, host: Host, decision: Decision, label: str, wanted_fstype: str) -> str:
     """One line: the request, the device it resolved to, what was found and what happens."""
     mount, fstype = result["mount"], result["fstype"]
     if dev is None:
-        return f"{label} -> nothing: REFUSED: {label} {decision.reason}"
+        return f"{label} -> nothing: refused: {decision.reason}"
     head = f"{label} -> {dev.path} ({human_size(dev.size)}{', serial ' + dev.serial if dev.serial else ''})"
     if decision.verdict == "refuse" and not result["wipe"]:
-        if dev.serial and (label == dev.path or label.startswith("serial:")):
-            who = f"{dev.path} (serial {dev.serial})"
-        else:
-            who = dev.path if label in (dev.path, "auto") else f"{dev.path} ({label})"
-        if not decision.wipeable:
-            return f"{head}: REFUSED: {who} {decision.reason}"
-        fix = f'to wipe it set disks_wipe: ["{wipe_suggestion(dev, requested)}"]'
-        mountable = [p for p in dev.partitions if dev.partition_types.get(p) in MOUNTABLE]
-        if mountable:  # after the disks_wipe hint: a long line is cut at its end
-            fix += f" (or device: /dev/{mountable[0]} mounts that partition as it is)"
-        return f"{head}: REFUSED: {who} is not blank: {decision.reason}; {fix}"
+        return f"{head}: refused: {'not blank: ' if decision.wipeable else ''}{decision.reason}"
     if result["wipe"]:
         action = f"not blank ({decision.reason}) and named in disks_wipe: wipe it, create {fstype}, mount at {mount}"
     elif decision.verdict == "blank":
