@@ -49,7 +49,6 @@ def reset_disk(lab: Lab, host: str) -> None:
         lab,
         host,
         f"sudo umount -q {MOUNT} 2>/dev/null; sudo sed -i '\\# {MOUNT} #d' /etc/fstab; sudo systemctl daemon-reload;"
-        " sudo vgchange -an >/dev/null 2>&1; sudo pvremove -ffy /dev/vdb >/dev/null 2>&1;"
         " sudo wipefs -aq /dev/vdb; sudo dd if=/dev/zero of=/dev/vdb bs=1M count=4 status=none conv=fsync;"
         " sudo blockdev --rereadpt /dev/vdb 2>/dev/null; true",
     )
@@ -84,6 +83,23 @@ fd = os.open("/dev/vdb", os.O_WRONLY)
 entry = bytes([0, 0, 2, 0, 0x83, 0, 0, 0]) + struct.pack("<II", 2048, 204800)
 os.pwrite(fd, entry, 446)
 os.pwrite(fd, b"\\x55\\xaa", 510)
+os.fsync(fd)
+"""
+
+# An LVM2 physical volume label as pvcreate writes it (sector 1: LABELONE, sector number, CRC, offset,
+# "LVM2 001", PV UUID), which blkid -p reports as LVM2_member.  Writing it directly instead of installing
+# lvm2 in the VM saves ~7 minutes of initramfs rebuilding under TCG; a real pvcreate'd PV was checked by hand.
+LVM_PV_LABEL = """
+import os, struct, zlib
+sector = bytearray(512)
+body = struct.pack("<I", 32) + b"LVM2 001" + b"AbCdEfGhIjKlMnOpQrStUvWxYz012345"
+sector[20 : 20 + len(body)] = body
+sector[0:8] = b"LABELONE"
+sector[8:16] = struct.pack("<Q", 1)
+crc = zlib.crc32(bytes(sector[20:512]), 0xF597A6CF ^ 0xFFFFFFFF) ^ 0xFFFFFFFF
+sector[16:20] = struct.pack("<I", crc)
+fd = os.open("/dev/vdb", os.O_WRONLY)
+os.pwrite(fd, bytes(sector), 512)
 os.fsync(fd)
 """
 
@@ -156,10 +172,7 @@ def test_existing_filesystem_is_mounted_as_it_is(blank: Lab, tmp_path: Path) -> 
     ("prepare", "found"),
     [
         (lambda lab: python_as_root(lab, "lab2", DOS_PARTITION_TABLE), "dos"),
-        (
-            lambda lab: sh(lab, "lab2", "sudo apt-get install -y -qq lvm2 >/dev/null && sudo pvcreate -qq /dev/vdb"),
-            "LVM",
-        ),
+        (lambda lab: python_as_root(lab, "lab2", LVM_PV_LABEL), "LVM"),
         (lambda lab: python_as_root(lab, "lab2", LUKS_SIGNATURE), "LUKS"),
     ],
     ids=["partition-table", "lvm-pv", "luks-signature"],
