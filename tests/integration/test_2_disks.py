@@ -70,7 +70,7 @@ def python_as_root(lab: Lab, host: str, code: str) -> None:
 
 
 def mounted_uuid(lab: Lab, host: str) -> str:
-    return sh(lab, host, f"findmnt -n -o UUID --target {MOUNT} --mountpoint {MOUNT}").strip()
+    return sh(lab, host, f"findmnt -n -o UUID --mountpoint {MOUNT}").strip()
 
 
 def fstab_lines(lab: Lab, host: str) -> list[str]:
