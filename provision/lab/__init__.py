@@ -29,7 +29,7 @@ import yaml
 from provision.errors import EnvironmentProblem, UsageError
 from provision.lab import aptcache
 from provision.lab.image import LAB_USER, BaseImage, ensure_base_image
-from provision.lab.qemu import QEMU, Vm, VmSpec, guest_exec, qmp, require_tool
+from provision.lab.qemu import QEMU, Vm, VmSpec, create_blank, create_overlay, guest_exec, qmp, require_tool
 
 Log = Callable[[str], None]
 
@@ -122,8 +122,8 @@ def up(
         (vm.directory / "ssh-port").write_text(f"{port}\n")
         (vm.directory / "spec.json").write_text(json.dumps({k: str(v) for k, v in asdict(spec).items()}))
         vm = _vm(d, name, spec)
-        _create_overlay(vm.disk, template / "disk.qcow2")
-        _create_blank(vm.data_disk, DATA_DISK_SIZE)  # type: ignore[arg-type]
+        create_overlay(vm.disk, template / "disk.qcow2")
+        create_blank(vm.data_disk, DATA_DISK_SIZE)  # type: ignore[arg-type]
         vm.incoming = template / "state.bin"
         # A new host under an old name: facts cached for the one before it must not be used.
         (Path.home() / ".cache/provision/facts" / name).unlink(missing_ok=True)
@@ -251,18 +251,6 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _create_overlay(path: Path, backing: Path) -> None:
-    from provision.lab.qemu import create_overlay
-
-    create_overlay(path, backing)
-
-
-def _create_blank(path: Path, size: str) -> None:
-    from provision.lab.qemu import create_blank
-
-    create_blank(path, size)
-
-
 def _ensure_key(d: LabDirs) -> None:
     if d.key.exists():
         return
@@ -358,7 +346,7 @@ def _accel(d: LabDirs, image: BaseImage, log: Log) -> str:
     with tempfile.TemporaryDirectory(prefix="kvm-probe-", dir=d.cache) as tmp:
         vm = Vm("kvm-probe", Path(tmp), VmSpec(image.kernel, image.initrd, APPEND, accel="kvm"), _free_port(),
                 Path(tmp) / "disk.qcow2", None)  # fmt: skip
-        _create_overlay(vm.disk, image.disk)
+        create_overlay(vm.disk, image.disk)
         try:
             vm.start()
             with vm.wait_for_agent(90.0) as agent:
@@ -391,8 +379,8 @@ def _ensure_template(d: LabDirs, image: BaseImage, spec: VmSpec, log: Log) -> Pa
     with tempfile.TemporaryDirectory(prefix="build-", dir=template.parent) as tmp:
         work = Path(tmp)
         vm = Vm("lab-template", work, spec, _free_port(), work / "disk.qcow2", work / "data.qcow2", "lab-data")
-        _create_overlay(vm.disk, image.disk)
-        _create_blank(vm.data_disk, DATA_DISK_SIZE)  # type: ignore[arg-type]
+        create_overlay(vm.disk, image.disk)
+        create_blank(vm.data_disk, DATA_DISK_SIZE)  # type: ignore[arg-type]
         vm.start()
         try:
             with vm.wait_for_agent(BOOT_TIMEOUT) as agent:
