@@ -264,13 +264,19 @@ def lab() -> None:
     help="Point the VMs' apt at a package cache (apt-cacher-ng) on this machine.",
 )
 @click.option("--base-port", type=click.IntRange(1024, 65535), help="First SSH port on 127.0.0.1.")
-def lab_up(hosts: int, inventory_out: Path | None, mirror: bool, base_port: int | None) -> ExitCode:
+@click.option(
+    "--flavor",
+    default="plain",
+    show_default=True,
+    help="Image variant for the VMs started now (hosts already running keep theirs); see `provision lab --help`.",
+)
+def lab_up(hosts: int, inventory_out: Path | None, mirror: bool, base_port: int | None, flavor: str) -> ExitCode:
     """Start lab VMs lab1..labN and write their inventory."""
     from provision import lab as lab_vms
 
     out = inventory_out or paths.INVENTORIES / "lab" / "hosts.yml"
     kwargs = {} if base_port is None else {"base_port": base_port}
-    started = lab_vms.up(hosts=hosts, inventory_out=out, mirror=mirror, log=_log, **kwargs)
+    started = lab_vms.up(hosts=hosts, inventory_out=out, mirror=mirror, log=_log, flavor=flavor, **kwargs)
     for host in started:
         click.echo(f"{host.name}  127.0.0.1:{host.ssh_port}  pid {host.pid}")
     click.echo(f"inventory: {paths.display(out)}")

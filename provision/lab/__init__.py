@@ -28,7 +28,7 @@ import yaml
 
 from provision.errors import EnvironmentProblem, UsageError
 from provision.lab import aptcache
-from provision.lab.image import LAB_USER, BaseImage, ensure_base_image
+from provision.lab.image import FLAVORS, LAB_USER, BaseImage, ensure_base_image
 from provision.lab.qemu import QEMU, Vm, VmSpec, create_blank, create_overlay, guest_exec, qmp, require_tool
 
 Log = Callable[[str], None]
@@ -92,18 +92,25 @@ def up(
     mirror: bool,
     log: Log,
     base_port: int = DEFAULT_BASE_PORT,
+    flavor: str = "plain",
 ) -> list[LabHost]:
-    """Make sure lab1..labN run, then write the inventory of every running lab host."""
+    """Make sure lab1..labN run, then write the inventory of every running lab host.
+
+    Hosts that already run are left as they are; the ones started now are of `flavor` (see image.FLAVORS).
+    """
     if hosts < 1:
         raise UsageError("--hosts must be at least 1")
+    if flavor not in FLAVORS:
+        raise UsageError(f"--flavor: unknown flavor {flavor!r} (known: {', '.join(FLAVORS)})")
     require_tool(QEMU, "qemu-system-x86")
     d = dirs()
     d.hosts.mkdir(parents=True, exist_ok=True)
     d.state.chmod(0o700)
     _ensure_key(d)
-    image = ensure_base_image(d.cache, log)
+    image = ensure_base_image(d.cache, log, flavor)
     accel = _accel(d, image, log)
-    spec = VmSpec(kernel=image.kernel, initrd=image.initrd, append=APPEND, accel=accel)
+    append = " ".join(filter(None, [APPEND, FLAVORS[flavor].append]))
+    spec = VmSpec(kernel=image.kernel, initrd=image.initrd, append=append, accel=accel)
     template = _ensure_template(d, image, spec, log)
     if mirror and aptcache.start(d.state, d.cache):
         log(f"package cache: apt-cacher-ng on 127.0.0.1:{aptcache.PORT} (guests: {aptcache.GUEST_URL})")
@@ -121,6 +128,7 @@ def up(
         vm.directory.mkdir(parents=True)
         (vm.directory / "ssh-port").write_text(f"{port}\n")
         (vm.directory / "spec.json").write_text(json.dumps({k: str(v) for k, v in asdict(spec).items()}))
+        (vm.directory / "flavor").write_text(f"{flavor}\n")
         vm = _vm(d, name, spec)
         create_overlay(vm.disk, template / "disk.qcow2")
         create_blank(vm.data_disk, DATA_DISK_SIZE)  # type: ignore[arg-type]
@@ -214,6 +222,14 @@ def ssh_options(d: LabDirs) -> list[str]:
         "-i", str(d.key), "-o", "IdentitiesOnly=yes", "-o", f"UserKnownHostsFile={d.known_hosts}",
         "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10",
     ]  # fmt: skip
+
+
+def _host_vars(d: LabDirs, host: LabHostStatus) -> dict[str, object]:
+    try:
+        flavor = (d.hosts / host.name / "flavor").read_text().strip()
+    except OSError:
+        flavor = "plain"
+    return {"ansible_host": "127.0.0.1", "ansible_port": host.ssh_port, "lab_flavor": flavor}
 
 
 # --- VMs --------------------------------------------------------------------------------------------------
@@ -435,7 +451,7 @@ def _write_inventory(d: LabDirs, path: Path, hosts: list[LabHostStatus], mirror:
         "all": {
             "children": {
                 "lab": {
-                    "hosts": {h.name: {"ansible_host": "127.0.0.1", "ansible_port": h.ssh_port} for h in hosts},
+                    "hosts": {h.name: _host_vars(d, h) for h in hosts},
                     "vars": group_vars,
                 }
             }

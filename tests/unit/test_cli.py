@@ -283,7 +283,7 @@ def test_lab_commands_call_the_lab_api(run_cli: Any, monkeypatch: pytest.MonkeyP
     out = tmp_path / "lab.yml"
     result = run_cli("lab", "up", "--hosts", "3", "--no-mirror", "--inventory-out", str(out))
     assert result.code == 0
-    assert calls["up"] == (3, out, False, {})
+    assert calls["up"] == (3, out, False, {"flavor": "plain"})
     assert "booting" in result.err and "lab1  127.0.0.1:2201  pid 42" in result.out
 
     run_cli("lab", "up", "--base-port", "2300")
