@@ -287,7 +287,7 @@ def test_lab_commands_call_the_lab_api(run_cli: Any, monkeypatch: pytest.MonkeyP
     assert "booting" in result.err and "lab1  127.0.0.1:2201  pid 42" in result.out
 
     run_cli("lab", "up", "--base-port", "2300")
-    assert calls["up"] == (2, paths.INVENTORIES / "lab" / "hosts.yml", True, {"base_port": 2300})
+    assert calls["up"] == (2, paths.INVENTORIES / "lab" / "hosts.yml", True, {"flavor": "plain", "base_port": 2300})
     assert run_cli("lab", "status").out == "lab1  127.0.0.1:2201  stopped\n"
     assert run_cli("lab", "down").out == "stopped: lab1\n"
     assert run_cli("lab", "ssh", "lab1", "ls", "-la").code == 0
