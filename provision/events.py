@@ -10,7 +10,7 @@ from typing import Any
 from provision.runner import HostStats
 
 STATUS_WIDTH = 12
-MESSAGE_LIMIT = 200
+MESSAGE_LIMIT = 600
 
 _RESULT_STATUS = {
     "runner_on_ok": "ok",
@@ -21,13 +21,15 @@ _RESULT_STATUS = {
     "runner_item_on_failed": "failed",
     "runner_item_on_skipped": "skipped",
     "runner_on_async_poll": "polling",
+    # An `until` loop's attempt: our modules put a progress line (bytes, rate, ETA) in `summary`.
+    "runner_retry": "waiting",
     # runner_on_async_ok/failed are followed by a runner_on_ok/failed for the same task: shown once.
 }
 
 
 @dataclass(frozen=True)
 class Line:
-    status: str  # ok, changed, failed, ignored, unreachable, skipped, polling, play
+    status: str  # ok, changed, failed, ignored, unreachable, skipped, polling, waiting, play
     text: str
 
     def __str__(self) -> str:
@@ -61,6 +63,10 @@ def event_line(event: Mapping[str, Any], host_width: int = 0) -> Line | None:
         message = failure_message(res)
         if message:
             text += f": {message}"
+    elif res.get("summary") and not censored:
+        # A module's own account of what it did: the first line on the task's line, details indented below.
+        first, *details = [line.strip() for line in str(res["summary"]).splitlines() if line.strip()]
+        text += f": {first}" + "".join(f"\n      {line}" for line in details)
     return Line(status, text.rstrip())
 
 

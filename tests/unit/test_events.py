@@ -52,11 +52,27 @@ def test_ignored_failure_has_its_own_status() -> None:
 
 
 def test_unreachable_message_is_truncated_to_one_short_line() -> None:
-    ev = event("runner_on_unreachable", {"msg": "Failed to connect " + "x" * 500, "unreachable": True})
+    ev = event("runner_on_unreachable", {"msg": "Failed to connect " + "x" * 5000, "unreachable": True})
     line = text(ev)
     assert line.startswith("  unreachable  lab1  base : Write package mirror sources: Failed to connect")
     assert line.endswith("...")
-    assert len(line) < 300
+    assert len(line) < 700
+
+
+def test_a_retry_shows_the_modules_progress_line() -> None:
+    ev = event("runner_retry", {"summary": "512.0 MiB of 1.0 GiB (50%), 0/3 files, 80.0 MiB/s, ETA 6s", "attempts": 3})
+    assert text(ev) == (
+        "  waiting      lab1  base : Write package mirror sources: 512.0 MiB of 1.0 GiB (50%), 0/3 files, 80.0 MiB/s, ETA 6s"
+    )
+
+
+def test_a_modules_summary_shows_its_details_indented_below_the_task() -> None:
+    ev = event("runner_on_ok", {"changed": True, "summary": "pulled 2 files\nqwen/a: from m1\nqwen/b: from m2"})
+    assert text(ev).splitlines() == [
+        "  changed      lab1  base : Write package mirror sources: pulled 2 files",
+        "      qwen/a: from m1",
+        "      qwen/b: from m2",
+    ]
 
 
 def test_no_log_result_shows_only_the_status_line() -> None:

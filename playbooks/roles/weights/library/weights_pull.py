@@ -1,0 +1,655 @@
+#!/usr/bin/python3
+"""Pull model weights onto a host and prove every byte against a lockfile, in one pass over the bytes.
+
+Runs on the target with the standard library only.  For each locked file:
+  - a verification record beside the files (.provision-weights.json: size, mtime, ctime, inode, digest)
+    confirms a converged file from one stat(), with no re-hash, unless `deep` asks for one;
+  - a missing or changed file is streamed to <path>.part while sha256 is computed in the same pass (a
+    second thread hashes and writes while the first receives), resumed with HTTP Range when a .part is
+    already there (its bytes are hashed again: hash state cannot be saved), and renamed into place only
+    after size and digest match, so a reader never sees an unverified file at its final path;
+  - a mismatch deletes the bad bytes and tries the next mirror; a file no mirror serves correctly fails
+    the host, naming the file, the expected and actual digests and the mirrors tried.
+Several files download at once; progress (bytes, rate, ETA) goes to a small JSON file that the role
+polls, so the controller shows it while the download runs asynchronously.
+"""
+
+# Ansible modules put DOCUMENTATION before the imports (ansible-doc reads it), hence E402.
+# ruff: noqa: E402
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: weights_pull
+short_description: Download model files verified against a sha256 lockfile, resumable, mirror by mirror
+description:
+  - See the role's README.md. mode=check reports what a pull would do from the verification records alone
+    (fast, read-only); mode=pull downloads; mode=verify reports ok, missing and corrupt files (deep re-hashes);
+    mode=progress reads the progress file of a running pull.
+options:
+  models:
+    description:
+      - Models, each {name, dest, model, revision, files [{path, size, sha256}], mirrors, owner, group, mode,
+        dir_mode}.
+    type: list
+    elements: dict
+    default: []
+  mode:
+    type: str
+    choices: [check, pull, verify, progress]
+    default: pull
+  deep:
+    description: Re-hash files even when their verification record matches.
+    type: bool
+    default: false
+  parallel:
+    type: int
+    default: 4
+  retries:
+    description: How many times a broken connection is resumed on the same mirror before the next one is tried.
+    type: int
+    default: 2
+  timeout:
+    description: Seconds without data before a connection counts as broken.
+    type: int
+    default: 60
+  token:
+    description: Bearer token sent to the mirrors (never to a host a mirror redirects to).
+    type: str
+  proxy:
+    type: str
+  progress_file:
+    type: path
+    required: true
+  job_file:
+    description: For mode=progress, the async job's results file; the pull is over when it holds a result.
+    type: path
+"""
+
+import contextlib
+import hashlib
+import http.client
+import json
+import os
+import queue
+import re
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+from ansible.module_utils.basic import AnsibleModule
+
+RECORD = ".provision-weights.json"
+CHUNK = 4 << 20
+SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+class Mismatch(Exception):
+    """The bytes a mirror served are not the locked ones."""
+
+
+class Broken(Exception):
+    """The transfer stopped early (connection lost, timeout, a server error): worth resuming."""
+
+
+class Refused(Exception):
+    """The mirror does not have the file or will not give it (HTTP 4xx): go to the next mirror."""
+
+
+def human(n):
+    n = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def safe_relpath(path):
+    """A locked path must stay inside the model directory: relative, no '..', no empty or dot segments."""
+    parts = path.split("/")
+    if not path or path.startswith("/") or any(p in ("", ".", "..") for p in parts) or "\x00" in path:
+        return None
+    if parts[-1].endswith(".part") or parts[0] == RECORD:
+        return None
+    return path
+
+
+def check_models(models):
+    problems = []
+    for m in models:
+        seen = set()
+        for f in m.get("files") or []:
+            where = f"model {m.get('name')}: file {f.get('path')!r}"
+            if not isinstance(f.get("path"), str) or safe_relpath(f["path"]) is None:
+                problems.append(f"{where}: path must be relative, inside the model directory, without '..'")
+            elif f["path"] in seen:
+                problems.append(f"{where}: listed twice")
+            seen.add(f.get("path"))
+            if not isinstance(f.get("size"), int) or f["size"] < 0:
+                problems.append(f"{where}: size must be a whole number of bytes")
+            if not isinstance(f.get("sha256"), str) or not SHA256.match(f["sha256"]):
+                problems.append(f"{where}: sha256 must be 64 lowercase hex digits")
+        if not os.path.isabs(m.get("dest") or ""):
+            problems.append(f"model {m.get('name')}: dest must be an absolute path")
+    return problems
+
+
+def stat_key(st):
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns, "ino": st.st_ino}
+
+
+def load_record(dest):
+    try:
+        with open(os.path.join(dest, RECORD)) as fh:
+            data = json.load(fh)
+        return data.get("files", {}) if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def write_record(model, files):
+    """Atomically replace the record: what was verified, and the stat() that proves it is still that file."""
+    dest = model["dest"]
+    body = {
+        "version": 1,
+        "model": model.get("model") or model["name"],
+        "revision": model.get("revision") or "",
+        "files": dict(sorted(files.items())),
+    }
+    tmp = os.path.join(dest, RECORD + ".tmp")
+    with open(tmp, "w") as fh:
+        json.dump(body, fh, indent=1, sort_keys=True)
+        fh.write("\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, os.path.join(dest, RECORD))
+
+
+def hash_file(path, hasher=None, limit=None):
+    hasher = hasher or hashlib.sha256()
+    remaining = limit
+    with open(path, "rb") as fh:
+        while remaining is None or remaining > 0:
+            block = fh.read(CHUNK if remaining is None else min(CHUNK, remaining))
+            if not block:
+                break
+            hasher.update(block)
+            if remaining is not None:
+                remaining -= len(block)
+    return hasher
+
+
+def mount_of(path):
+    path = os.path.realpath(path)
+    while not os.path.exists(path):
+        path = os.path.dirname(path)
+    while not os.path.ismount(path):
+        path = os.path.dirname(path)
+    return path
+
+
+def free_bytes(path):
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
+
+
+class Progress:
+    """Bytes received across all downloads, written to a JSON file about once a second."""
+
+    def __init__(self, path, total, files):
+        self.path, self.total, self.files = path, total, files
+        self.done = 0
+        self.files_done = 0
+        self.started = time.monotonic()
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.thread = None
+
+    def add(self, n):
+        with self.lock:
+            self.done += n
+
+    def file_done(self):
+        with self.lock:
+            self.files_done += 1
+
+    def snapshot(self, finished=False):
+        elapsed = max(time.monotonic() - self.started, 1e-6)
+        rate = self.done / elapsed
+        eta = (self.total - self.done) / rate if rate > 0 else None
+        return {
+            "done": self.done, "total": self.total, "rate": rate, "eta": eta, "elapsed": elapsed,
+            "files_done": self.files_done, "files": self.files, "finished": finished,
+        }  # fmt: skip
+
+    def write(self, finished=False):
+        tmp = self.path + ".tmp"
+        with open(tmp, "w") as fh:
+            json.dump(self.snapshot(finished), fh)
+        os.replace(tmp, self.path)
+
+    def __enter__(self):
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        self.write()
+
+        def loop():
+            while not self.stop.wait(1.0):
+                self.write()
+
+        self.thread = threading.Thread(target=loop, daemon=True)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join()
+        self.write(finished=True)
+
+
+class Sink:
+    """Hashes and writes received chunks in a second thread, so receiving never waits for either."""
+
+    def __init__(self, fh, hasher):
+        self.fh, self.hasher = fh, hasher
+        self.queue = queue.Queue(maxsize=4)
+        self.error = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        while True:
+            block = self.queue.get()
+            if block is None:
+                return
+            if self.error is None:
+                try:
+                    self.hasher.update(block)
+                    self.fh.write(block)
+                except OSError as exc:
+                    self.error = exc
+
+    def put(self, block):
+        if self.error is not None:
+            raise self.error
+        self.queue.put(block)
+
+    def close(self):
+        self.queue.put(None)
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+
+
+class Puller:
+    def __init__(self, module, progress):
+        p = module.params
+        self.module, self.progress = module, progress
+        self.timeout, self.retries, self.token = p["timeout"], p["retries"], p["token"]
+        handlers = [urllib.request.ProxyHandler({"http": p["proxy"], "https": p["proxy"]})] if p["proxy"] else []
+        self.opener = urllib.request.build_opener(*handlers)
+
+    def url(self, template, model, f):
+        return template.format(
+            model=model.get("model") or model["name"],
+            revision=model.get("revision") or "main",
+            path=urllib.parse.quote(f["path"]),
+        )
+
+    def fetch(self, url, part, f):
+        """Fill `part` with the file from `url`, resuming what is there; returns (sha256 hex, resumed-from)."""
+        have = os.path.getsize(part) if os.path.exists(part) else 0
+        if have > f["size"]:
+            os.unlink(part)
+            have = 0
+        hasher = hashlib.sha256()
+        if have:
+            hash_file(part, hasher)  # sha256 state cannot be saved: re-hash the bytes already on disk
+        if have == f["size"]:
+            return hasher.hexdigest(), have
+        request = urllib.request.Request(url)
+        if self.token:
+            request.add_unredirected_header("Authorization", f"Bearer {self.token}")
+        if have:
+            request.add_header("Range", f"bytes={have}-")
+        try:
+            response = self.opener.open(request, timeout=self.timeout)
+        except urllib.error.HTTPError as exc:
+            if exc.code == 416 and have:  # our .part is not a prefix the server knows: start over
+                os.unlink(part)
+                raise Broken(f"HTTP 416 for a resume at byte {have}") from None
+            if 400 <= exc.code < 500 and exc.code not in (408, 429):
+                raise Refused(f"HTTP {exc.code} {exc.reason}") from None
+            raise Broken(f"HTTP {exc.code} {exc.reason}") from None
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+            raise Broken(str(getattr(exc, "reason", exc))) from None
+        with response:
+            if have and response.status == 206:
+                match = re.match(r"bytes (\d+)-", response.headers.get("Content-Range", ""))
+                if not match or int(match.group(1)) != have:
+                    raise Broken(f"server answered the resume at byte {have} with a different range")
+                resumed = have
+            else:
+                resumed = 0  # the server ignored Range: start over from the first byte
+                hasher = hashlib.sha256()
+                have = 0
+            length = response.headers.get("Content-Length")
+            if length is not None and have + int(length) != f["size"]:
+                raise Mismatch(f"size {have + int(length)} instead of {f['size']}")
+            got = have
+            with open(part, "r+b" if resumed else "wb") as fh:
+                if resumed:
+                    fh.seek(have)
+                    fh.truncate()
+                sink = Sink(fh, hasher)
+                buffers = [bytearray(CHUNK) for _ in range(6)]
+                turn = 0
+                try:
+                    while True:
+                        buf = buffers[turn % len(buffers)]
+                        turn += 1
+                        try:
+                            n = response.readinto(buf)
+                        except (OSError, http.client.HTTPException) as exc:
+                            raise Broken(f"connection lost after {human(got)}: {exc}") from None
+                        if not n:
+                            break
+                        got += n
+                        if got > f["size"]:
+                            raise Mismatch(f"more than the locked {f['size']} bytes")
+                        # No copy: with 6 buffers and at most 4 queued, the sink is done with this one
+                        # before readinto() comes back to it.
+                        sink.put(memoryview(buf)[:n])
+                        self.progress.add(n)
+                finally:
+                    sink.close()
+                    fh.flush()
+                    os.fsync(fh.fileno())
+            if got < f["size"]:
+                raise Broken(f"connection closed after {human(got)} of {human(f['size'])}")
+        return hasher.hexdigest(), resumed
+
+    def pull(self, model, f, existing_bad):
+        """Download one file through the mirrors in order; returns (notes, error or None)."""
+        final = os.path.join(model["dest"], f["path"])
+        part = final + ".part"
+        os.makedirs(os.path.dirname(final), exist_ok=True)
+        if existing_bad and os.path.exists(final):
+            os.unlink(final)  # proven corrupt: a reader must not keep seeing it
+        tried = []
+        for template in model["mirrors"]:
+            url = self.url(template, model, f)
+            shown = redact(url)
+            attempts, fresh_retry = 0, True
+            while True:
+                attempts += 1
+                try:
+                    digest, resumed = self.fetch(url, part, f)
+                except Broken as exc:
+                    if attempts <= self.retries:
+                        time.sleep(min(2 * attempts, 10))
+                        continue
+                    tried.append(f"{shown}: {exc}")
+                    break
+                except Refused as exc:
+                    tried.append(f"{shown}: {exc}")
+                    break
+                except Mismatch as exc:
+                    _unlink(part)
+                    tried.append(f"{shown}: {exc}")
+                    break
+                if digest == f["sha256"]:
+                    self.place(model, part, final)
+                    note = f"{f['path']}: from {shown}"
+                    if resumed:
+                        note += f" (resumed at {human(resumed)})"
+                    if tried:
+                        note += "; rejected " + "; ".join(tried)
+                    return note, None
+                _unlink(part)
+                if resumed and fresh_retry:  # the bad bytes may be the old prefix: once more from zero
+                    fresh_retry = False
+                    continue
+                tried.append(f"{shown}: sha256 {digest}")
+                break
+        error = (
+            f"model {model['name']}: {f['path']}: no mirror served the locked file (expected sha256 "
+            f"{f['sha256']}, {f['size']} bytes); tried " + "; ".join(tried or ["no mirror configured"])
+        )
+        return None, error
+
+    def place(self, model, part, final):
+        os.chmod(part, int(model.get("mode") or "0644", 8))
+        uid, gid = ids(model)
+        if uid != -1 or gid != -1:
+            os.chown(part, uid, gid)
+        os.replace(part, final)
+        fd = os.open(os.path.dirname(final), os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def redact(url):
+    """A URL as it may be shown: without user:password and without a query string (signed URLs)."""
+    parts = urllib.parse.urlsplit(url)
+    netloc = parts.hostname or ""
+    if parts.port:
+        netloc += f":{parts.port}"
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def ids(model):
+    import grp
+    import pwd
+
+    uid = pwd.getpwnam(model["owner"]).pw_uid if model.get("owner") else -1
+    gid = grp.getgrnam(model["group"]).gr_gid if model.get("group") else -1
+    return uid, gid
+
+
+def _unlink(path):
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+def survey(model, deep, hash_pool):
+    """Sort a model's files into ok, missing and corrupt; files whose record does not match are hashed."""
+    record = load_record(model["dest"])
+    ok, missing, corrupt = [], [], []
+    to_hash = []
+    for f in model["files"]:
+        final = os.path.join(model["dest"], f["path"])
+        try:
+            st = os.stat(final)
+        except FileNotFoundError:
+            missing.append(f)
+            continue
+        entry = record.get(f["path"]) or {}
+        recorded = entry.get("sha256") == f["sha256"] and {k: entry.get(k) for k in stat_key(st)} == stat_key(st)
+        if st.st_size != f["size"]:
+            corrupt.append((f, f"size {st.st_size} instead of {f['size']}"))
+        elif recorded and not deep:
+            ok.append((f, entry))
+        else:
+            to_hash.append((f, final, st))
+    digests = hash_pool.map(lambda job: hash_file(job[1]).hexdigest(), to_hash)
+    for (f, _final, st), digest in zip(to_hash, digests, strict=True):
+        if digest == f["sha256"]:
+            ok.append((f, {**stat_key(st), "sha256": digest}))
+        else:
+            corrupt.append((f, f"sha256 {digest}"))
+    return ok, missing, corrupt
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            models=dict(type="list", elements="dict", default=[]),
+            mode=dict(type="str", choices=["check", "pull", "verify", "progress"], default="pull"),
+            deep=dict(type="bool", default=False),
+            parallel=dict(type="int", default=4),
+            retries=dict(type="int", default=2),
+            timeout=dict(type="int", default=60),
+            token=dict(type="str", no_log=True),
+            proxy=dict(type="str"),
+            progress_file=dict(type="path", required=True),
+            job_file=dict(type="path"),
+        ),
+        supports_check_mode=True,
+    )
+    p = module.params
+    started = time.monotonic()
+    if p["mode"] == "progress":
+        state = read_json(p["progress_file"]) or {"done": 0, "total": 0}
+        job = read_json(p["job_file"]) if p["job_file"] else None
+        # The async job file says {"started": 1, "finished": 0} until the module's result replaces it.
+        finished = job is not None and (job.get("finished") == 1 or "started" not in job)
+        module.exit_json(changed=False, progress=state, finished=finished, summary=progress_line(state))
+
+    problems = check_models(p["models"])
+    if problems:
+        module.fail_json(msg="; ".join(problems))
+
+    report = {}
+    to_pull = []  # (model, file, proven corrupt at its final path)
+    verified = {}  # model name -> {path: record entry} of the files proven good
+    with ThreadPoolExecutor(max_workers=max(1, p["parallel"])) as pool:
+        for m in p["models"]:
+            ok, missing, corrupt = survey(m, p["deep"], pool) if os.path.isdir(m["dest"]) else ([], m["files"], [])
+            report[m["name"]] = {
+                "ok": sorted(f["path"] for f, _ in ok),
+                "missing": sorted(f["path"] for f in missing),
+                "corrupt": sorted(f"{f['path']} ({why})" for f, why in corrupt),
+            }
+            verified[m["name"]] = {f["path"]: entry for f, entry in ok}
+            to_pull += [(m, f, False) for f in missing] + [(m, f, True) for f, _ in corrupt]
+
+    if p["mode"] == "verify":
+        bad = [
+            f"{name}: " + ", ".join([f"missing {x}" for x in r["missing"]] + [f"corrupt {x}" for x in r["corrupt"]])
+            for name, r in report.items()
+            if r["missing"] or r["corrupt"]
+        ]
+        if bad:
+            module.fail_json(msg="; ".join(bad), report=report)
+        how = "re-hashed" if p["deep"] else "confirmed from the records"
+        module.exit_json(changed=False, report=report, summary=f"{count(report)}, {how} ({elapsed(started)})")
+
+    stale = [m for m in p["models"] if load_record(m["dest"]) != verified[m["name"]]]
+    if p["mode"] == "check" or module.check_mode:
+        need = sum(f["size"] for _, f, _ in to_pull)
+        todo = [f"{m['name']}/{f['path']}" for m, f, _ in to_pull]
+        summary = f"{count(report)} ({elapsed(started)})"
+        if todo:
+            summary += f"; to pull: {len(todo)} files, {human(need)}"
+        module.exit_json(changed=bool(todo or stale), todo=todo, bytes=need, report=report, summary=summary)
+
+    # Space first: fail before a byte is downloaded when a disk cannot hold what is missing.
+    need_by_mount = {}
+    for m, f, _ in to_pull:
+        part = os.path.join(m["dest"], f["path"]) + ".part"
+        have = os.path.getsize(part) if os.path.isfile(part) and os.path.getsize(part) <= f["size"] else 0
+        mount = mount_of(m["dest"])
+        need_by_mount[mount] = need_by_mount.get(mount, 0) + f["size"] - have
+    for mount, need in need_by_mount.items():
+        have = free_bytes(mount)
+        if need > have:
+            module.fail_json(msg=f"not enough space on {mount}: need {human(need)}, have {human(have)}", report=report)
+
+    notes, errors = [], []
+    if to_pull:
+        for m in {id(m): m for m, _, _ in to_pull}.values():
+            make_dirs(m)
+        total = sum(f["size"] for _, f, _ in to_pull)
+        with Progress(p["progress_file"], total, len(to_pull)) as progress:
+            puller = Puller(module, progress)
+
+            def one(job):
+                m, f, bad = job
+                note, error = puller.pull(m, f, bad)
+                progress.file_done()
+                return m, f, note, error
+
+            with ThreadPoolExecutor(max_workers=max(1, p["parallel"])) as pool:
+                for m, f, note, error in pool.map(one, to_pull):
+                    if error:
+                        errors.append(error)
+                        continue
+                    notes.append(f"{m['name']}/{note}")
+                    st = os.stat(os.path.join(m["dest"], f["path"]))
+                    verified[m["name"]][f["path"]] = {**stat_key(st), "sha256": f["sha256"]}
+    for m in p["models"]:
+        if os.path.isdir(m["dest"]) and load_record(m["dest"]) != verified[m["name"]]:
+            write_record(m, verified[m["name"]])
+    if errors:
+        module.fail_json(msg="; ".join(errors), pulled=notes, changed=bool(notes))
+    if not to_pull:
+        module.exit_json(changed=bool(stale), report=report, summary=f"{count(report)} ({elapsed(started)})")
+    pulled = sum(f["size"] for _, f, _ in to_pull)
+    seconds = max(time.monotonic() - started, 1e-6)
+    module.exit_json(
+        changed=True,
+        pulled=notes,
+        report=report,
+        summary=f"pulled {len(to_pull)} files, {human(pulled)} in {seconds:.1f}s ({human(pulled / seconds)}/s)\n"
+        + "\n".join(notes),
+    )
+
+
+def count(report):
+    parts = []
+    for name, r in report.items():
+        text = f"{name}: {len(r['ok'])} of {len(r['ok']) + len(r['missing']) + len(r['corrupt'])} files verified"
+        if r["missing"]:
+            text += f", {len(r['missing'])} missing"
+        if r["corrupt"]:
+            text += f", {len(r['corrupt'])} corrupt"
+        parts.append(text)
+    return "; ".join(parts) or "no models"
+
+
+def elapsed(started):
+    return f"{time.monotonic() - started:.2f}s"
+
+
+def make_dirs(model):
+    dest = model["dest"]
+    if not os.path.isdir(dest):
+        os.makedirs(dest, mode=int(model.get("dir_mode") or "0755", 8))
+        uid, gid = ids(model)
+        if uid != -1 or gid != -1:
+            os.chown(dest, uid, gid)
+    for f in model["files"]:
+        sub = os.path.dirname(os.path.join(dest, f["path"]))
+        if not os.path.isdir(sub):
+            os.makedirs(sub, mode=int(model.get("dir_mode") or "0755", 8))
+
+
+def read_json(path):
+    try:
+        with open(path) as fh:
+            data = json.load(fh)
+        return data if isinstance(data, dict) else None
+    except (OSError, ValueError):
+        return None
+
+
+def progress_line(state):
+    done, total = state.get("done", 0), state.get("total", 0)
+    if not total:
+        return "starting"
+    text = f"{human(done)} of {human(total)} ({100 * done / total:.0f}%)"
+    text += f", {state.get('files_done', 0)}/{state.get('files', 0)} files"
+    if state.get("rate"):
+        text += f", {human(state['rate'])}/s"
+    if state.get("eta") is not None and not state.get("finished"):
+        text += f", ETA {int(state['eta'])}s"
+    return text
+
+
+if __name__ == "__main__":
+    main()

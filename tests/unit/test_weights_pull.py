@@ -1,0 +1,203 @@
+"""The weights_pull module, run as Ansible runs it (a script with its arguments in a file), against the lab's
+file server on loopback: resume, mirror fallback, corruption, space, records.  The same module runs on the
+lab VMs in tests/integration/test_3_weights.py."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from provision.lab.fileserver import FileServer, Fault, make_file
+
+MODULE = Path(__file__).resolve().parents[2] / "playbooks/roles/weights/library/weights_pull.py"
+BIG = 24 << 20
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[FileServer]:
+    root = tmp_path / "served"
+    make_file(root / "model.safetensors", BIG, seed=1)
+    make_file(root / "config.json", 300, seed=2)
+    make_file(root / "sub/tokenizer.json", 5000, seed=3)
+    with FileServer(root) as files:
+        yield files
+
+
+def locked(server: FileServer) -> list[dict]:
+    out = []
+    for path in ("config.json", "model.safetensors", "sub/tokenizer.json"):
+        data = (server.root / path).read_bytes()
+        out.append({"path": path, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()})
+    return out
+
+
+def model(server: FileServer, dest: Path, mirrors: tuple[str, ...] = ("m1",), **extra: object) -> dict:
+    return {
+        "name": "tiny", "dest": str(dest), "model": "org/tiny", "revision": "abc",
+        "files": locked(server),
+        "mirrors": [f"http://127.0.0.1:{server.port}/{m}/{{path}}" for m in mirrors],
+        **extra,
+    }  # fmt: skip
+
+
+def run(tmp_path: Path, models: list[dict], check: bool = False, **params: object) -> tuple[int, dict]:
+    args = {"models": models, "progress_file": str(tmp_path / "progress.json"), "retries": 0, **params}
+    if check:
+        args["_ansible_check_mode"] = True
+    argsfile = tmp_path / "args.json"
+    argsfile.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": args}))
+    proc = subprocess.run([sys.executable, str(MODULE), str(argsfile)], capture_output=True, text=True, timeout=120)
+    result = json.loads(proc.stdout)
+    return proc.returncode, result
+
+
+def test_pull_places_verified_files_and_a_second_run_only_stats_them(server: FileServer, tmp_path: Path) -> None:
+    dest = tmp_path / "models/tiny"
+    rc, result = run(tmp_path, [model(server, dest)])
+    assert rc == 0 and result["changed"], result
+    for f in locked(server):
+        assert hashlib.sha256((dest / f["path"]).read_bytes()).hexdigest() == f["sha256"]
+    assert not list(dest.rglob("*.part"))
+    record = json.loads((dest / ".provision-weights.json").read_text())
+    assert set(record["files"]) == {"config.json", "model.safetensors", "sub/tokenizer.json"}
+    assert json.loads((tmp_path / "progress.json").read_text())["done"] == sum(f["size"] for f in locked(server))
+
+    server.clear()
+    rc, again = run(tmp_path, [model(server, dest)])
+    assert rc == 0 and not again["changed"], again
+    assert "3 of 3 files verified" in again["summary"]
+    assert server.requests() == [], "a converged run must not download"
+
+
+def test_a_dropped_connection_leaves_a_part_that_the_next_run_resumes(server: FileServer, tmp_path: Path) -> None:
+    dest = tmp_path / "tiny"
+    server.fault("m1", "model.safetensors", Fault(drop_after=BIG // 2, times=1))
+    rc, result = run(tmp_path, [model(server, dest)])
+    assert rc != 0 and "model.safetensors" in result["msg"] and "connection" in result["msg"], result
+    assert not (dest / "model.safetensors").exists()
+    assert (dest / "model.safetensors.part").stat().st_size == BIG // 2
+
+    rc, result = run(tmp_path, [model(server, dest)])
+    assert rc == 0, result
+    assert [r.range for r in server.requests("model.safetensors")][-1] == f"bytes={BIG // 2}-"
+    assert [r.status for r in server.requests("model.safetensors")][-1] == 206
+    assert "resumed at 12.0 MiB" in result["summary"]
+    assert hashlib.sha256((dest / "model.safetensors").read_bytes()).hexdigest() == locked(server)[1]["sha256"]
+
+
+def test_retries_resume_within_the_same_run(server: FileServer, tmp_path: Path) -> None:
+    server.fault("m1", "model.safetensors", Fault(drop_after=BIG // 3, times=1))
+    rc, result = run(tmp_path, [model(server, tmp_path / "tiny")], retries=1)
+    assert rc == 0, result
+    assert [r.range for r in server.requests("model.safetensors")] == [None, f"bytes={BIG // 3}-"]
+
+
+def test_a_server_that_ignores_range_restarts_the_file_cleanly(server: FileServer, tmp_path: Path) -> None:
+    dest = tmp_path / "tiny"
+    dest.mkdir()
+    (dest / "model.safetensors.part").write_bytes(b"x" * 1000)  # garbage prefix from somewhere
+    server.fault("m1", "model.safetensors", Fault(ignore_range=True))
+    rc, result = run(tmp_path, [model(server, dest)])
+    assert rc == 0, result
+    assert hashlib.sha256((dest / "model.safetensors").read_bytes()).hexdigest() == locked(server)[1]["sha256"]
+
+
+def test_a_bad_resumed_prefix_is_retried_from_zero_on_the_same_mirror(server: FileServer, tmp_path: Path) -> None:
+    dest = tmp_path / "tiny"
+    dest.mkdir()
+    (dest / "model.safetensors.part").write_bytes(b"x" * 1000)  # server honours Range: digest fails, then fresh
+    rc, result = run(tmp_path, [model(server, dest)])
+    assert rc == 0, result
+    assert [r.range for r in server.requests("model.safetensors")] == ["bytes=1000-", None]
+
+
+def test_a_corrupt_mirror_is_rejected_and_the_next_one_used(server: FileServer, tmp_path: Path) -> None:
+    server.fault("m1", "config.json", Fault(corrupt=True))
+    rc, result = run(tmp_path, [model(server, tmp_path / "tiny", mirrors=("m1", "m2"))])
+    assert rc == 0, result
+    line = next(line for line in result["summary"].splitlines() if line.startswith("tiny/config.json"))
+    assert f"from http://127.0.0.1:{server.port}/m2/config.json" in line
+    assert f"rejected http://127.0.0.1:{server.port}/m1/config.json: sha256 " in line
+
+
+def test_when_every_mirror_is_corrupt_the_host_fails_and_nothing_is_placed(server: FileServer, tmp_path: Path) -> None:
+    dest = tmp_path / "tiny"
+    for mirror in ("m1", "m2"):
+        server.fault(mirror, "config.json", Fault(corrupt=True))
+    rc, result = run(tmp_path, [model(server, dest, mirrors=("m1", "m2"))])
+    assert rc != 0
+    expected = locked(server)[0]["sha256"]
+    assert f"tiny: config.json: no mirror served the locked file (expected sha256 {expected}" in result["msg"]
+    assert result["msg"].count("sha256 ") == 3 and "/m1/config.json" in result["msg"] and "/m2/" in result["msg"]
+    assert not (dest / "config.json").exists() and not (dest / "config.json.part").exists()
+    assert (dest / "model.safetensors").exists(), "the good files are still placed"
+
+
+def test_a_file_changed_on_disk_is_reported_and_replaced(server: FileServer, tmp_path: Path) -> None:
+    dest = tmp_path / "tiny"
+    assert run(tmp_path, [model(server, dest)])[0] == 0
+    target = dest / "model.safetensors"
+    st = target.stat()
+    with open(target, "r+b") as fh:
+        fh.seek(100)
+        fh.write(b"\0")
+    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))  # same size and mtime: only ctime and bytes differ
+    for deep in (False, True):
+        rc, result = run(tmp_path, [model(server, dest)], mode="verify", deep=deep)
+        assert rc != 0 and "tiny: corrupt model.safetensors (sha256 " in result["msg"], result
+    rc, result = run(tmp_path, [model(server, dest)])
+    assert rc == 0 and result["changed"]
+    assert hashlib.sha256(target.read_bytes()).hexdigest() == locked(server)[1]["sha256"]
+    rc, result = run(tmp_path, [model(server, dest)], mode="verify", deep=True)
+    assert rc == 0 and "3 of 3 files verified, re-hashed" in result["summary"]
+
+
+def test_not_enough_space_fails_before_any_download(server: FileServer, tmp_path: Path) -> None:
+    huge = model(server, tmp_path / "tiny")
+    huge["files"][1]["size"] = 1 << 50
+    rc, result = run(tmp_path, [huge])
+    assert rc != 0
+    assert result["msg"].startswith("not enough space on /") and ": need 1024.0 TiB, have " in result["msg"]
+    assert server.requests() == []
+
+
+def test_check_mode_and_check_only_change_nothing(server: FileServer, tmp_path: Path) -> None:
+    dest = tmp_path / "tiny"
+    for kwargs in ({"check": True}, {"mode": "check"}):
+        rc, result = run(tmp_path, [model(server, dest)], **kwargs)
+        assert rc == 0 and result["changed"] and len(result["todo"]) == 3
+        assert not dest.exists() and server.requests() == []
+
+
+def test_paths_outside_the_model_directory_are_refused(server: FileServer, tmp_path: Path) -> None:
+    bad = model(server, tmp_path / "tiny")
+    bad["files"][0]["path"] = "../escape"
+    rc, result = run(tmp_path, [bad])
+    assert rc != 0 and "file '../escape': path must be relative" in result["msg"]
+    assert not (tmp_path / "escape").exists()
+
+
+def test_the_token_is_sent_but_never_shown(server: FileServer, tmp_path: Path) -> None:
+    secret = "hf_" + "s3cr3t" * 5
+    rc, result = run(tmp_path, [model(server, tmp_path / "tiny")], token=secret)
+    assert rc == 0
+    assert secret not in json.dumps(result)
+    assert all(r.authorization == f"Bearer {secret}" for r in server.requests())
+
+
+def test_progress_mode_reports_a_finished_job(tmp_path: Path) -> None:
+    (tmp_path / "progress.json").write_text(json.dumps({"done": 512 << 20, "total": 1 << 30, "rate": 80 << 20,
+                                                         "eta": 6.4, "files_done": 0, "files": 3}))  # fmt: skip
+    (tmp_path / "job").write_text(json.dumps({"started": 1, "finished": 0}))
+    rc, result = run(tmp_path, [], mode="progress", job_file=str(tmp_path / "job"))
+    assert rc == 0 and not result["finished"]
+    assert result["summary"] == "512.0 MiB of 1.0 GiB (50%), 0/3 files, 80.0 MiB/s, ETA 6s"
+    (tmp_path / "job").write_text(json.dumps({"changed": True, "ansible_job_id": "1"}))
+    assert run(tmp_path, [], mode="progress", job_file=str(tmp_path / "job"))[1]["finished"]
