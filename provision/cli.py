@@ -28,6 +28,7 @@ STATUS_COLORS = {
     "ignored": "cyan",
     "skipped": "cyan",
     "polling": "blue",
+    "waiting": "blue",
     "play": "bright_white",
 }
 
@@ -80,28 +81,44 @@ def up(
     verbose: int,
 ) -> ExitCode:
     """Provision the hosts in an inventory (runs playbooks/site.yml)."""
-    from provision import events, inventory, runner
+    from provision import inventory
 
-    if limit is not None and not limit.strip():
-        raise UsageError("--limit is empty; name hosts or groups, e.g. --limit lab1,lab2")
-    extravars = parse_extra_vars(extra_vars)
     wanted, skipped = inventory.split_tags(tags), inventory.split_tags(skip_tags)
     inventory.check_tags(wanted, skipped, inventory.known_tags(paths.SITE_PLAYBOOK))
-    inv = inventory.load_inventory(inventory_path)  # the slow check (it runs ansible-inventory) goes last
-    request = runner.RunRequest(
-        inventory=inv.path,
-        limit=limit,
+    return _play(
+        "site.yml",
+        inventory_path,
+        limit,
         tags=wanted,
         skip_tags=skipped,
         check=check,
         diff=diff,
-        extravars=extravars,
+        extravars=parse_extra_vars(extra_vars),
         keep_artifacts=keep_artifacts,
         verbosity=verbose,
     )
+
+
+def _play(
+    playbook: str,
+    inventory_path: Path,
+    limit: str | None,
+    on_result: Any = None,
+    **options: Any,
+) -> ExitCode:
+    """Run one of our playbooks as `provision up` does: a line per task and host, a recap, an exit code."""
+    from provision import events, inventory, runner
+
+    if limit is not None and not limit.strip():
+        raise UsageError("--limit is empty; name hosts or groups, e.g. --limit lab1,lab2")
+    inv = inventory.load_inventory(inventory_path)  # the slow check (it runs ansible-inventory) goes last
+    request = runner.RunRequest(inventory=inv.path, playbook=playbook, limit=limit, **options)
     host_width = max(len(h) for h in inv.hosts)
+    verbose = options.get("verbosity", 0)
 
     def show(event: dict[str, Any]) -> None:
+        if on_result is not None:
+            on_result(event)
         if verbose and event.get("stdout"):
             click.echo(event["stdout"])
             return
@@ -239,6 +256,87 @@ def _testinfra_hosts(inv: "Inventory", limit: str | None) -> str:
         if not inv.match(name):
             raise UsageError(f"--limit: {name!r} matches no host or group in {paths.display(inv.path)}")
     return ",".join(f"ansible://{name}" for name in names)
+
+
+# ---- weights ----------------------------------------------------------------------------------------
+
+
+@cli.group()
+def weights() -> None:
+    """Model weights: lockfiles, and checking the files on hosts against them."""
+
+
+@weights.command("lock")
+@click.argument("source", required=False, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--model", required=True, help="The model's name as mirrors know it, e.g. Qwen/Qwen2.5-0.5B-Instruct.")
+@click.option("--revision", default="main", show_default=True, help="Revision to pin (a branch, tag or commit).")
+@click.option("--endpoint", help="Lock from this Hugging Face-compatible endpoint instead of a local SOURCE directory.")
+@click.option(
+    "--token-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="File holding a token for the endpoint (default: $HF_TOKEN if set).",
+)
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write here, not to stdout.")
+def weights_lock(
+    source: Path | None,
+    model: str,
+    revision: str,
+    endpoint: str | None,
+    token_file: Path | None,
+    output: Path | None,
+) -> ExitCode:
+    """Make a weights lockfile from a local model directory SOURCE or from an --endpoint."""
+    from provision.weights import lockfile
+
+    if (source is None) == (endpoint is None):
+        raise UsageError("give either a local model directory or --endpoint URL, not both")
+    if source is not None:
+        lock = lockfile.from_directory(source, model, revision)
+    else:
+        assert endpoint is not None
+        token = _read_token(token_file) if token_file else os.environ.get("HF_TOKEN") or None
+        lock = lockfile.from_endpoint(endpoint, model, revision, token, note=lambda text: _log(f"note: {text}"))
+    text = lockfile.dump(lock)
+    if output is None:
+        click.echo(text, nl=False)
+    else:
+        output.write_text(text)
+        _log(f"wrote {paths.display(output)}: {len(lock.files)} files, {lock.size} bytes, revision {lock.revision}")
+    return ExitCode.OK
+
+
+def _read_token(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except OSError as exc:
+        raise UsageError(f"--token-file {path}: {exc.strerror}") from None
+
+
+@weights.command("verify")
+@inventory_option
+@click.option("--limit", help="Only these hosts or groups (Ansible pattern).")
+@click.option("--deep", is_flag=True, help="Re-hash every file instead of trusting its verification record.")
+def weights_verify(inventory_path: Path, limit: str | None, deep: bool) -> ExitCode:
+    """Report per host whether each model's files are OK, missing or corrupt (changes nothing)."""
+    reports: dict[str, dict[str, Any]] = {}
+
+    def collect(event: dict[str, Any]) -> None:
+        data = event.get("event_data") or {}
+        res = data.get("res") or {}
+        if event.get("event") in ("runner_on_ok", "runner_on_failed") and isinstance(res.get("report"), dict):
+            reports[str(data.get("host"))] = res["report"]
+
+    code = _play("weights_verify.yml", inventory_path, limit, on_result=collect, extravars={"weights_reverify": deep})
+    if reports:
+        click.echo()
+    for host, report in sorted(reports.items()):
+        for name, state in report.items():
+            if state["missing"] or state["corrupt"]:
+                bad = [f"missing {p}" for p in state["missing"]] + [f"corrupt {p}" for p in state["corrupt"]]
+                click.echo(f"{host}  {name}: " + ", ".join(bad))
+            else:
+                click.echo(f"{host}  {name}: OK ({len(state['ok'])} files)")
+    return code
 
 
 # ---- lab --------------------------------------------------------------------------------------------

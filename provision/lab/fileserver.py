@@ -113,7 +113,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self, body: bool = True) -> None:
         path = urllib.parse.unquote(urllib.parse.urlsplit(self.path).path)
-        api = re.fullmatch(r"/api/models/(.+)/revision/([^/]+)", path)
+        api = re.fullmatch(r"(?:/[^/]+)?/api/models/(.+)/revision/([^/]+)", path)
         if api:
             return self._api(api.group(1), api.group(2))
         mirror, _, rel = path.lstrip("/").partition("/")
@@ -177,6 +177,8 @@ class _Handler(BaseHTTPRequestHandler):
         """The Hugging Face model-info answer for the files under root (lfs.sha256 for the big ones)."""
         siblings = []
         for file in sorted(p for p in self.files.root.rglob("*") if p.is_file()):
+            if any(part.startswith(".") for part in file.relative_to(self.files.root).parts):
+                continue
             entry: dict[str, object] = {"rfilename": file.relative_to(self.files.root).as_posix()}
             size = file.stat().st_size
             entry["size"] = size

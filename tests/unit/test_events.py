@@ -62,7 +62,8 @@ def test_unreachable_message_is_truncated_to_one_short_line() -> None:
 def test_a_retry_shows_the_modules_progress_line() -> None:
     ev = event("runner_retry", {"summary": "512.0 MiB of 1.0 GiB (50%), 0/3 files, 80.0 MiB/s, ETA 6s", "attempts": 3})
     assert text(ev) == (
-        "  waiting      lab1  base : Write package mirror sources: 512.0 MiB of 1.0 GiB (50%), 0/3 files, 80.0 MiB/s, ETA 6s"
+        "  waiting      lab1  base : Write package mirror sources: "
+        "512.0 MiB of 1.0 GiB (50%), 0/3 files, 80.0 MiB/s, ETA 6s"
     )
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from provision.lab.fileserver import FileServer, Fault, make_file
+from provision.lab.fileserver import Fault, FileServer, make_file
 
 MODULE = Path(__file__).resolve().parents[2] / "playbooks/roles/weights/library/weights_pull.py"
 BIG = 24 << 20
