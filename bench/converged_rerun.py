@@ -18,9 +18,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from lab import PROVISION, ROOT, one_vm_lab
+
 BIN = Path(sys.executable).parent
 
 
@@ -40,62 +42,49 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--inventory", type=Path)
     args = parser.parse_args()
-    provision = [sys.executable, "-m", "provision"]
-    env = dict(os.environ)
+    provision = PROVISION
     tmp = Path(tempfile.mkdtemp(prefix="provision-bench-"))
-    inventory = args.inventory
-    try:
-        if inventory is None:
-            env["PROVISION_LAB_STATE"] = str(tmp / "state")
-            inventory = tmp / "inventory"
-            inventory.mkdir()
-            shutil.copytree(ROOT / "inventories/lab/group_vars", inventory / "group_vars")
-            lab_up = [
-                "lab",
-                "up",
-                "--hosts",
-                "1",
-                "--base-port",
-                "2351",
-                "--inventory-out",
-                str(inventory / "hosts.yml"),
-            ]
-            subprocess.run([*provision, *lab_up], cwd=ROOT, env=env, check=True)
-        print("converging once ...", flush=True)
-        timed([*provision, "up", "-i", str(inventory)], env)
-
-        ours_cmd = [*provision, "up", "-i", str(inventory)]
-        # Stock: the same playbooks without our minimal fact subset, so facts are gathered in full.
-        stock_playbooks = tmp / "stock-playbooks"
-        shutil.copytree(ROOT / "playbooks", stock_playbooks, ignore=shutil.ignore_patterns("ansible.cfg"))
-        for play in stock_playbooks.glob("*.yml"):
-            lines = play.read_text().splitlines(keepends=True)
-            play.write_text("".join(line for line in lines if not line.lstrip().startswith("gather_subset:")))
-        stock_cmd = [str(BIN / "ansible-playbook"), "-i", str(inventory), str(stock_playbooks / "site.yml")]
-        stock_env = {
-            **env,
-            "ANSIBLE_CONFIG": str(ROOT / "bench/stock-ansible.cfg"),
-            "ANSIBLE_SSH_ARGS": "-o ControlMaster=no",  # no ControlPersist
-            "ANSIBLE_PIPELINING": "False",
-            "ANSIBLE_GATHERING": "implicit",
-        }
-        ours, stock = [], []
-        for i in range(args.runs):
-            ours.append(timed(ours_cmd, env))
-            stock.append(timed(stock_cmd, stock_env))
-            print(
-                f"run {i + 1}: provision up {ours[-1]:.1f}s, stock ansible-playbook {stock[-1]:.1f}s",
-                flush=True,
-            )
-        o, s = statistics.median(ours), statistics.median(stock)
-        print(f"\nno-change re-run of site.yml, 1 converged lab host, median of {args.runs}:")
-        print(f"  provision up (pipelining, ControlPersist, cached minimal facts): {o:6.1f} s")
-        print(f"  stock ansible-playbook (no pipelining, no ControlPersist, full facts): {s:6.1f} s")
-        print(f"  ratio stock/ours: {s / o:.2f}x")
-    finally:
+    with ExitStack() as stack:
         if args.inventory is None:
-            subprocess.run([*provision, "lab", "down"], cwd=ROOT, env=env, check=False)
-        shutil.rmtree(tmp, ignore_errors=True)
+            env, inventory = stack.enter_context(one_vm_lab(tmp, base_port=2351))
+        else:
+            env, inventory = dict(os.environ), args.inventory
+        measure(args, provision, env, inventory, tmp)
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def measure(args: argparse.Namespace, provision: list[str], env: dict[str, str], inventory: Path, tmp: Path) -> None:
+    print("converging once ...", flush=True)
+    timed([*provision, "up", "-i", str(inventory)], env)
+
+    ours_cmd = [*provision, "up", "-i", str(inventory)]
+    # Stock: the same playbooks without our minimal fact subset, so facts are gathered in full.
+    stock_playbooks = tmp / "stock-playbooks"
+    shutil.copytree(ROOT / "playbooks", stock_playbooks, ignore=shutil.ignore_patterns("ansible.cfg"))
+    for play in stock_playbooks.glob("*.yml"):
+        lines = play.read_text().splitlines(keepends=True)
+        play.write_text("".join(line for line in lines if not line.lstrip().startswith("gather_subset:")))
+    stock_cmd = [str(BIN / "ansible-playbook"), "-i", str(inventory), str(stock_playbooks / "site.yml")]
+    stock_env = {
+        **env,
+        "ANSIBLE_CONFIG": str(ROOT / "bench/stock-ansible.cfg"),
+        "ANSIBLE_SSH_ARGS": "-o ControlMaster=no",  # no ControlPersist
+        "ANSIBLE_PIPELINING": "False",
+        "ANSIBLE_GATHERING": "implicit",
+    }
+    ours, stock = [], []
+    for i in range(args.runs):
+        ours.append(timed(ours_cmd, env))
+        stock.append(timed(stock_cmd, stock_env))
+        print(
+            f"run {i + 1}: provision up {ours[-1]:.1f}s, stock ansible-playbook {stock[-1]:.1f}s",
+            flush=True,
+        )
+    o, s = statistics.median(ours), statistics.median(stock)
+    print(f"\nno-change re-run of site.yml, 1 converged lab host, median of {args.runs}:")
+    print(f"  provision up (pipelining, ControlPersist, cached minimal facts): {o:6.1f} s")
+    print(f"  stock ansible-playbook (no pipelining, no ControlPersist, full facts): {s:6.1f} s")
+    print(f"  ratio stock/ours: {s / o:.2f}x")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ It starts a one-VM lab of its own (state in a temp dir) and stops it afterwards.
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import shutil
 import statistics
@@ -28,6 +27,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from lab import PROVISION, one_vm_lab  # noqa: E402
 
 from provision.lab.fileserver import FileServer, make_file  # noqa: E402
 from provision.weights import lockfile  # noqa: E402
@@ -49,19 +50,17 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--size-mib", type=int, default=2048)
     args = parser.parse_args()
-    provision = [sys.executable, "-m", "provision"]
+    provision = PROVISION
     tmp = Path(tempfile.mkdtemp(prefix="provision-bench-"))
-    env = {**os.environ, "PROVISION_LAB_STATE": str(tmp / "state")}
-    inventory = tmp / "inventory"
     size = args.size_mib << 20
+    ours: list[float] = []
+    curl: list[float] = []
     try:
         make_file(tmp / "served/bench/model.safetensors", size, seed=7)
         lock = lockfile.from_directory(tmp / "served/bench", "bench", "r1")
-        inventory.mkdir()
-        shutil.copytree(ROOT / "inventories/lab/group_vars", inventory / "group_vars")
-        (inventory / "bench.lock.yml").write_text(lockfile.dump(lock))
-        with FileServer(tmp / "served") as server:
+        with FileServer(tmp / "served") as server, one_vm_lab(tmp, base_port=2361) as (env, inventory):
             url = f"http://10.0.2.2:{server.port}/m1/bench/model.safetensors"
+            (inventory / "bench.lock.yml").write_text(lockfile.dump(lock))
             (inventory / "group_vars/lab.yml").write_text(
                 yaml.safe_dump(
                     {
@@ -72,21 +71,9 @@ def main() -> None:
                     }
                 )
             )
-            lab_up = [
-                "lab",
-                "up",
-                "--hosts",
-                "1",
-                "--base-port",
-                "2361",
-                "--inventory-out",
-                str(inventory / "hosts.yml"),
-            ]
-            run([*provision, *lab_up], env)
             ssh = [*provision, "lab", "ssh", "lab1", "--"]
             print("provisioning the VM (base, disks) and a first pull ...", flush=True)
             run([*provision, "up", "-i", str(inventory)], env)
-            ours, curl = [], []
             for _ in range(args.runs):
                 run([*ssh, f"sudo rm -rf {MOUNT}/bench; sync"], env)
                 out = run([*provision, "up", "-i", str(inventory), "--tags", "weights"], env)
@@ -103,7 +90,6 @@ def main() -> None:
                 curl.append(size / float(out.strip().replace(",", ".")))
                 print(f"  ours {ours[-1] / 2**20:7.1f} MiB/s   curl -o {curl[-1] / 2**20:7.1f} MiB/s", flush=True)
     finally:
-        subprocess.run([*provision, "lab", "down"], cwd=ROOT, env=env, capture_output=True, check=False)
         shutil.rmtree(tmp, ignore_errors=True)
     o, c = statistics.median(ours), statistics.median(curl)
     print(f"weights pull (sha256 inline, fsync): {o / 2**20:.1f} MiB/s (median of {args.runs})")
