@@ -331,6 +331,7 @@ class Puller:
                 if not match or int(match.group(1)) != have:
                     raise Broken(f"server answered the resume at byte {have} with a different range")
                 resumed = have
+                self.progress.add(have)  # what is already on disk counts towards the total
             else:
                 resumed = 0  # the server ignored Range: start over from the first byte
                 hasher = hashlib.sha256()
@@ -387,6 +388,8 @@ class Puller:
                 attempts += 1
                 try:
                     digest, resumed = self.fetch(url, part, f)
+                except OSError as exc:  # on our side (disk full, permissions): no mirror can help
+                    return None, f"model {model['name']}: {f['path']}: {exc.strerror or exc} ({exc.filename or part})"
                 except Broken as exc:
                     if attempts <= self.retries:
                         time.sleep(min(2 * attempts, 10))
