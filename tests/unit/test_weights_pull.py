@@ -201,3 +201,13 @@ def test_progress_mode_reports_a_finished_job(tmp_path: Path) -> None:
     assert result["summary"] == "512.0 MiB of 1.0 GiB (50%), 0/3 files, 80.0 MiB/s, ETA 6s"
     (tmp_path / "job").write_text(json.dumps({"changed": True, "ansible_job_id": "1"}))
     assert run(tmp_path, [], mode="progress", job_file=str(tmp_path / "job"))[1]["finished"]
+
+
+def test_downloads_go_through_the_configured_proxy(server: FileServer, tmp_path: Path) -> None:
+    # The mirror's name does not resolve; only a proxy (here the file server, which serves absolute URLs too)
+    # can fetch it.
+    unreachable = model(server, tmp_path / "tiny")
+    unreachable["mirrors"] = ["http://mirror.invalid/m1/{path}"]
+    rc, result = run(tmp_path, [unreachable], proxy=f"http://127.0.0.1:{server.port}")
+    assert rc == 0, result
+    assert {r.path for r in server.requests()} == {"/m1/config.json", "/m1/model.safetensors", "/m1/sub/tokenizer.json"}
