@@ -10,4 +10,4 @@ ruff format --check .
 yamllint --strict .
 ansible-lint -q
 echo "== tests"
-exec pytest -ra "$@"
+exec pytest -ra --durations=20 "$@"
