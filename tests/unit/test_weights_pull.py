@@ -172,7 +172,7 @@ def test_check_mode_and_check_only_change_nothing(server: FileServer, tmp_path: 
     dest = tmp_path / "tiny"
     for kwargs in ({"check": True}, {"mode": "check"}):
         rc, result = run(tmp_path, [model(server, dest)], **kwargs)
-        assert rc == 0 and result["changed"] and len(result["todo"]) == 3
+        assert rc == 0 and result["changed"] and result["needed"] and len(result["todo"]) == 3
         assert not dest.exists() and server.requests() == []
 
 

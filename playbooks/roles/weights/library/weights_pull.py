@@ -549,7 +549,8 @@ def main():
         summary = f"{count(report)} ({elapsed(started)})"
         if todo:
             summary += f"; to pull: {len(todo)} files, {human(need)}"
-        module.exit_json(changed=bool(todo or stale), todo=todo, bytes=need, report=report, summary=summary)
+        needed = bool(todo or stale)  # `changed` may be overridden by the task; this may not
+        module.exit_json(changed=needed, needed=needed, todo=todo, bytes=need, report=report, summary=summary)
 
     # Space first: fail before a byte is downloaded when a disk cannot hold what is missing.
     need_by_mount = {}
