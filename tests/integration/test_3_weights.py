@@ -1,9 +1,10 @@
 """The weights role on a real lab VM: files pulled from a server on this machine through qemu's user network.
 
 Runs after test_2_disks.py on the same lab: the data disk of lab1 is reset and mounted at /srv/models by the
-disks role, then the weights go on it.  The file server (provision.lab.fileserver) serves one directory
-under two mirror prefixes, logs every request and misbehaves on demand.  Each test writes the inventory a
-user would (group_vars with disks and weights settings) and runs `provision up` as a user does.
+disks role once, then the weights go on it (`--tags weights`).  The file server (provision.lab.fileserver)
+serves one directory under two mirror prefixes, logs every request and misbehaves on demand.  Each test
+writes the inventory a user would (group_vars with disks and weights settings) and runs `provision up` as a
+user does.
 """
 
 from __future__ import annotations
@@ -46,8 +47,12 @@ def locks(served: FileServer, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def disk_ready(lab: Lab) -> Lab:
+def disk_ready(lab: Lab, tmp_path_factory: pytest.TempPathFactory, served: FileServer, locks: Path) -> Lab:
+    """lab1 with a blank data disk formatted and mounted at /srv/models by the disks role, as a user would."""
     reset_disk(lab, "lab1")
+    inv = inventory(lab, tmp_path_factory.mktemp("disks"), served, locks, [])
+    proc = lab.provision("up", "-i", str(inv), "--tags", "disks", "--limit", "lab1")
+    assert proc.returncode == 0, proc.stdout
     return lab
 
 
@@ -70,7 +75,7 @@ def inventory(lab: Lab, tmp_path: Path, served: FileServer, locks: Path, models:
 
 
 def up(lab: Lab, inv: Path, *more: str) -> tuple[int, str]:
-    proc = lab.provision("up", "-i", str(inv), "--tags", "disks,weights", "--limit", "lab1", *more)
+    proc = lab.provision("up", "-i", str(inv), "--tags", "weights", "--limit", "lab1", *more)
     return proc.returncode, proc.stdout + proc.stderr
 
 
