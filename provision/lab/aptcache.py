@@ -32,7 +32,14 @@ def _is_acng(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
             s.sendall(b"GET /acng-report.html HTTP/1.0\r\nHost: localhost\r\n\r\n")
-            return b"apt-cacher-ng" in s.recv(4096).lower()
+            # The headers may come in a packet of their own: read the answer until the name shows or it ends.
+            answer = b""
+            while b"apt-cacher-ng" not in answer.lower() and len(answer) < 1 << 16:
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                answer += chunk
+            return b"apt-cacher-ng" in answer.lower()
     except OSError:
         return False
 
