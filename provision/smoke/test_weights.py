@@ -2,8 +2,6 @@
 
 from typing import Any
 
-import pytest
-
 from provision.smoke import weight_checks
 
 
@@ -19,7 +17,6 @@ def test_locked_model_files_are_present_and_verified(
         provision_vars["weights_root"],
         provision_vars["weights_mirrors"],
     )
-    if not models:
-        pytest.skip("no weights_models for this host")
-    problems = [p for m in models for p in weight_checks.problems(m, weight_checks.snapshot(host, m))]
+    problems = weight_checks.stray_models(weight_checks.record_dirs(host, provision_vars["weights_root"]), models)
+    problems += [p for m in models for p in weight_checks.problems(m, weight_checks.snapshot(host, m))]
     assert problems == []

@@ -55,3 +55,16 @@ def problems(model: dict[str, Any], snap: dict[str, Any]) -> list[str]:
         elif any(entry.get(k) != v for k, v in st.items()):
             found.append(f"{name}: {f['path']} changed after it was verified (run provision weights verify --deep)")
     return found
+
+
+def record_dirs(host: Any, root: str) -> list[str]:
+    """The model directories under root that hold a verification record (what the weights role wrote)."""
+    out = host.run(f"find {shlex.quote(root)} -mindepth 2 -maxdepth 2 -name {RECORD} -printf '%h\\n'")
+    return sorted(line for line in out.stdout.splitlines() if line)
+
+
+def stray_models(found: list[str], models: list[dict[str, Any]]) -> list[str]:
+    """Models the weights role put under weights_root that the inventory no longer names."""
+    configured = {m["dest"].rstrip("/") for m in models}
+    return [f"{d}: a model directory with a verification record, not in weights_models" for d in found
+            if d.rstrip("/") not in configured]  # fmt: skip

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from provision.smoke.weight_checks import problems
+from provision.smoke.weight_checks import problems, stray_models
 
 MODEL = {"name": "m", "dest": "/srv/models/m", "files": [{"path": "a", "size": 3, "sha256": "1" * 64}]}
 STAT = {"size": 3, "mtime_ns": 10, "ctime_ns": 11, "ino": 12}
@@ -27,3 +27,11 @@ STAT = {"size": 3, "mtime_ns": 10, "ctime_ns": 11, "ino": 12}
 )  # fmt: skip
 def test_problems(snap: dict[str, Any], expected: list[str]) -> None:
     assert problems(MODEL, snap) == expected
+
+
+def test_stray_models() -> None:
+    found = ["/srv/models/m", "/srv/models/old"]
+    assert stray_models(found, [MODEL]) == [
+        "/srv/models/old: a model directory with a verification record, not in weights_models"
+    ]
+    assert stray_models([], []) == []
