@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from provision.weights.lockfile import sha256_file
+
 
 @dataclass
 class Fault:
@@ -183,7 +185,7 @@ class _Handler(BaseHTTPRequestHandler):
             size = file.stat().st_size
             entry["size"] = size
             if size >= self.files.lfs_threshold:
-                entry["lfs"] = {"sha256": _sha256(file), "size": size}
+                entry["lfs"] = {"sha256": sha256_file(file), "size": size}
             siblings.append(entry)
         sha = hashlib.sha1(f"{repo}@{revision}".encode()).hexdigest()
         body = json.dumps({"id": repo, "sha": sha, "siblings": siblings}).encode()
@@ -193,11 +195,6 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
         self.files.record(Request("GET", self.path, None, 200))
-
-
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def make_file(path: Path, size: int, seed: int = 0) -> None:
