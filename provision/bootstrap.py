@@ -149,7 +149,7 @@ admin={shlex.quote(admin)}
 key={shlex.quote(public_key)}
 header={shlex.quote(HEADER)}
 if ! id -u "$admin" >/dev/null 2>&1; then
-    useradd --create-home --shell /bin/sh "$admin"
+    useradd --create-home --shell "$(command -v bash || echo /bin/sh)" "$admin"
     echo "changed: created user $admin"
 fi
 home=$(getent passwd "$admin" | cut -d: -f6)
