@@ -109,6 +109,13 @@ systemctl enable netfilter-persistent
 """
 
 
+SELINUX_SETUP = r"""
+sed -i 's/^SELINUX=.*/SELINUX=permissive/' /etc/selinux/config
+# Label the whole tree now: mkfs.ext4 -d copies the security.selinux attributes into the image.
+setfiles -F -e /proc -e /sys -e /dev -e /run /etc/selinux/default/contexts/files/file_contexts /
+"""
+
+
 @dataclass(frozen=True)
 class Flavor:
     """A variant of the lab image: what it adds to the plain one.
@@ -129,6 +136,23 @@ FLAVORS: dict[str, Flavor] = {
     # OCI's Ubuntu images: host iptables restored at boot by netfilter-persistent, INPUT ending in REJECT,
     # and the InstanceServices chain that keeps the iSCSI boot volume endpoints root-only.
     "oci": Flavor(packages=("iptables", "netfilter-persistent", "iptables-persistent"), setup=OCI_SETUP),
+    # SELinux with Debian's reference policy, labelled at build time (no relabel boot), booted permissive
+    # (Debian's default; the guest agent that personalises clones must keep working); tests switch to
+    # enforcing through the selinux role.  nginx is there to show the upstream denial and its fix.
+    "selinux": Flavor(
+        packages=(
+            "selinux-basics",
+            "selinux-policy-default",
+            "auditd",
+            "policycoreutils",
+            "policycoreutils-python-utils",
+            "python3-selinux",
+            "python3-semanage",
+            "nginx-light",
+        ),
+        setup=SELINUX_SETUP,
+        append="security=selinux selinux=1",
+    ),
 }
 
 
