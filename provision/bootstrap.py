@@ -7,10 +7,12 @@ user needs one for sudo, to sudo's stdin over the encrypted channel.
 
 from __future__ import annotations
 
+import logging
 import re
 import shlex
 import socket
 import subprocess
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +25,7 @@ if TYPE_CHECKING:
 
 HOST_KEY_POLICIES = ("accept-new", "yes", "no")
 CONNECT_TIMEOUT = 15.0
+CONNECT_ATTEMPTS = 3
 COMMAND_TIMEOUT = 600.0
 ADMIN_NAME = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 HEADER = "# Managed by provision bootstrap"
@@ -30,6 +33,10 @@ HEADER = "# Managed by provision bootstrap"
 
 class BootstrapFailed(ProvisionError):
     """Auth failed, host key changed, no sudo: one line, never the password."""
+
+
+class _ConnectionDropped(HostsUnreachable):
+    """Refused or reset before the handshake: worth another try (not so a timeout)."""
 
 
 @dataclass(frozen=True)
@@ -222,8 +229,22 @@ class _HostKeyPolicy:
 
 
 def _connect(request: BootstrapRequest, log: Callable[[str], None]) -> paramiko.SSHClient:
+    """Connect, retrying while sshd is (re)starting: a fresh cloud VM's cloud-init restarts it at first boot."""
+    for attempt in range(1, CONNECT_ATTEMPTS + 1):
+        try:
+            return _connect_once(request, log)
+        except _ConnectionDropped:
+            if attempt == CONNECT_ATTEMPTS:
+                raise
+            time.sleep(attempt)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _connect_once(request: BootstrapRequest, log: Callable[[str], None]) -> paramiko.SSHClient:
     import paramiko
 
+    # paramiko reports a failed handshake with a traceback on stderr; our one-line error says it all.
+    logging.getLogger("paramiko").addHandler(logging.NullHandler())
     client = paramiko.SSHClient()
     if request.host_key_policy != "no" and request.known_hosts.exists():
         client.load_host_keys(str(request.known_hosts))
@@ -257,7 +278,7 @@ def _connect(request: BootstrapRequest, log: Callable[[str], None]) -> paramiko.
         ) from None
     except (paramiko.SSHException, OSError) as exc:
         reason = getattr(exc, "strerror", None) or (str(exc).splitlines() or [type(exc).__name__])[0]
-        raise HostsUnreachable(f"{where}: cannot connect ({reason})") from None
+        raise _ConnectionDropped(f"{where}: cannot connect ({reason})") from None
     return client
 
 

@@ -113,6 +113,9 @@ SELINUX_SETUP = r"""
 sed -i 's/^SELINUX=.*/SELINUX=permissive/' /etc/selinux/config
 # Label the whole tree now: mkfs.ext4 -d copies the security.selinux attributes into the image.
 setfiles -F -e /proc -e /sys -e /dev -e /run /etc/selinux/default/contexts/files/file_contexts /
+# What lab-personalize writes on each clone (host keys, the lab key) must carry sshd's labels too, or sshd
+# could not read them once a test switches to enforcing.
+printf '%s\n' 'restorecon -R /etc/ssh "$home/.ssh"' >> /usr/local/sbin/lab-personalize
 """
 
 

@@ -220,7 +220,10 @@ def test_up_hardens_ssh_and_opens_the_port_keeping_oci_rules(lab3: Lab3) -> None
         assert sh(lab3.lab, "sudo iptables -S InstanceServices") == instance_services
         rules = sh(lab3.lab, "sudo cat /etc/iptables/rules.v4").splitlines()
         ours = f"-A INPUT -p tcp -m state --state NEW -m tcp --dport {WEB_PORT} -j ACCEPT"
-        assert rules.index(ours) < rules.index("-A INPUT -j REJECT --reject-with icmp-host-prohibited")
+        reject = "-A INPUT -j REJECT --reject-with icmp-host-prohibited"
+        assert rules.index(ours) == rules.index(reject) - 1
+        live = sh(lab3.lab, "sudo iptables -S INPUT").splitlines()
+        assert live.index(ours) == live.index(reject) - 1
 
         smoke = lab3.lab.provision("test", "-i", str(lab3.inventory), "-k", "ssh or login or firewall or selinux")
         lab3.outputs.append(smoke.stdout + smoke.stderr)
