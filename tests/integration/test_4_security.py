@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from labtools import BASE_PORT, ROOT, Lab, recap
+from labtools import BASE_PORT, Lab, recap
 
 from provision.bootstrap import password_login_offered
 from provision.lab.qemu import qmp
@@ -47,7 +47,7 @@ class Lab3:
             "bootstrap", "root@127.0.0.1", "--port", str(self.port), "--password-stdin", "--admin", ADMIN,
             "--key", f"{self.key}.pub", "--known-hosts", str(self.known_hosts), "--name", HOST, *more,
         ]  # fmt: skip
-        proc = run_provision(self.lab, argv, stdin=(password or self.password) + "\n")
+        proc = self.lab.provision(*argv, stdin=(password or self.password) + "\n")
         self.outputs.append(proc.stdout + proc.stderr)
         return proc
 
@@ -66,20 +66,9 @@ class Lab3:
         )  # fmt: skip
 
 
-def run_provision(lab: Lab, argv: list[str], stdin: str) -> subprocess.CompletedProcess[str]:
-    import sys
-
-    proc = subprocess.run(
-        [sys.executable, "-m", "provision", *argv],
-        cwd=ROOT, env=lab.env, input=stdin, capture_output=True, text=True, timeout=600, check=False,
-    )  # fmt: skip
-    print(f"$ provision {' '.join(argv)}\n{proc.stdout}\n{proc.stderr}\n(exit {proc.returncode})")
-    return proc
-
-
 def sh(lab: Lab, command: str, stdin: str | None = None) -> str:
     """Run a command on lab3 as the lab user (`provision lab ssh`), with stdin when given."""
-    proc = run_provision(lab, ["lab", "ssh", HOST, "--", command], stdin=stdin or "")
+    proc = lab.provision("lab", "ssh", HOST, "--", command, stdin=stdin or "")
     assert proc.returncode == 0, f"{HOST}: {command}: {proc.stderr}"
     return proc.stdout
 
@@ -183,7 +172,7 @@ def test_bootstrap_errors_are_one_line(lab3: Lab3, tmp_path: Path) -> None:
     changed_key.write_text(f"[127.0.0.1]:{lab3.port} {other_key}\n")
     argv = ["bootstrap", "root@127.0.0.1", "--port", str(lab3.port), "--password-stdin",
             "--known-hosts", str(changed_key), "--key", f"{lab3.key}.pub"]  # fmt: skip
-    proc = run_provision(lab3.lab, argv, lab3.password + "\n")
+    proc = lab3.lab.provision(*argv, stdin=lab3.password + "\n")
     lab3.outputs.append(proc.stdout + proc.stderr)
     assert proc.returncode == 1
     [line] = proc.stderr.strip().splitlines()
@@ -273,90 +262,3 @@ def test_lockout_after_reload_restores_the_old_config(lab3: Lab3) -> None:
 def write_vars(path: Path, values: dict[str, object]) -> Path:
     path.write_text(yaml.safe_dump(values))
     return path
-
-
-# ---- SELinux: lab4, of the "selinux" flavor (Debian's reference policy, labelled, booted permissive) ----------
-
-SE_HOST = "lab4"
-UPSTREAM_PORT = 8000  # vLLM's usual port: soundd_port_t in the policy, so nginx may not connect to it by default
-NGINX_SITE = f"""server {{
-    listen 80 default_server;
-    location / {{ proxy_pass http://127.0.0.1:{UPSTREAM_PORT}; }}
-}}
-"""
-# The status nginx answers with (200 when it reached the upstream), or the error's last line.
-PROXY_GET = (
-    "python3 -c \"import urllib.request as u; print(u.urlopen('http://127.0.0.1/', timeout=10).status)\" 2>&1 | tail -1"
-)
-
-
-@dataclass(frozen=True)
-class Lab4:
-    lab: Lab
-    inventory: Path
-
-    def sh(self, command: str, stdin: str | None = None) -> str:
-        proc = run_provision(self.lab, ["lab", "ssh", SE_HOST, "--", command], stdin=stdin or "")
-        assert proc.returncode == 0, f"{SE_HOST}: {command}: {proc.stderr}"
-        return proc.stdout
-
-    def start_upstream(self) -> None:
-        self.sh(f"sudo systemd-run --unit lab-upstream --quiet python3 -m http.server {UPSTREAM_PORT} --directory /tmp"
-                " 2>/dev/null; sudo systemctl restart nginx")  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def lab4(lab: Lab, lab3: Lab3, tmp_path_factory: pytest.TempPathFactory) -> Lab4:
-    work = tmp_path_factory.mktemp("selinux")
-    lab.provision(
-        "lab", "up", "--hosts", "4", "--flavor", "selinux", "--base-port", str(BASE_PORT),
-        "--inventory-out", str(work / "lab-hosts.yml"), check=True,
-    )  # fmt: skip
-    hosts = yaml.safe_load((work / "lab-hosts.yml").read_text())
-    group = hosts["all"]["children"]["lab"]
-    group["hosts"] = {SE_HOST: group["hosts"][SE_HOST]}
-    inventory = work / "inventory" / "hosts.yml"
-    (inventory.parent / "group_vars").mkdir(parents=True)
-    inventory.write_text(yaml.safe_dump(hosts))
-    config = {
-        "selinux_state": "enforcing",
-        "selinux_booleans": [{"name": "httpd_can_network_connect", "state": True}],
-        "selinux_ports": [{"port": "8001", "setype": "http_port_t"}],
-        "selinux_fcontexts": [{"path": "/srv/models", "setype": "httpd_sys_content_t"}],
-    }
-    (inventory.parent / "group_vars" / "all.yml").write_text(yaml.safe_dump(config))
-    state = Lab4(lab, inventory)
-    state.sh("sudo mkdir -p /srv/models && sudo tee /etc/nginx/sites-enabled/default >/dev/null", stdin=NGINX_SITE)
-    return state
-
-
-def test_selinux_role_fixes_the_upstream_denial_and_stays_enforcing(lab4: Lab4) -> None:
-    assert lab4.sh("getenforce").strip() == "Permissive"
-    assert "sshd_exec_t" in lab4.sh("ls -Z /usr/sbin/sshd"), "the image was not labelled at build time"
-    lab4.sh("sudo setenforce 1")
-    lab4.start_upstream()
-    nginx_domain = lab4.sh("ps -eZ | grep 'nginx: worker' | head -1").split(":")[2]
-    print(f"nginx runs as {nginx_domain}")
-    before = lab4.sh(PROXY_GET).strip()
-    if nginx_domain == "httpd_t":
-        assert before == "HTTP Error 502: Bad Gateway" or "502" in before, before
-
-    first = lab4.lab.provision("up", "-i", str(lab4.inventory), "--tags", "selinux")
-    assert first.returncode == 0, first.stdout + first.stderr
-    assert recap(first.stdout)[SE_HOST]["changed"] > 0
-    second = lab4.lab.provision("up", "-i", str(lab4.inventory), "--tags", "selinux")
-    assert second.returncode == 0 and recap(second.stdout)[SE_HOST]["changed"] == 0, second.stdout
-
-    assert lab4.sh("getenforce").strip() == "Enforcing"
-    assert lab4.sh(PROXY_GET).strip() == "200"
-    assert "httpd_can_network_connect --> on" in lab4.sh("getsebool httpd_can_network_connect")
-    assert "8001" in lab4.sh("sudo semanage port -l | grep '^http_port_t'")
-    assert "httpd_sys_content_t" in lab4.sh("ls -dZ /srv/models")
-
-    lab4.lab.provision("lab", "restart", SE_HOST, check=True)
-    assert lab4.sh("getenforce").strip() == "Enforcing"
-    assert "httpd_can_network_connect --> on" in lab4.sh("getsebool httpd_can_network_connect")
-    lab4.start_upstream()
-    assert lab4.sh(PROXY_GET).strip() == "200"
-    smoke = lab4.lab.provision("test", "-i", str(lab4.inventory), "-k", "selinux or sshd")
-    assert smoke.returncode == 0, smoke.stdout
