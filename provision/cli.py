@@ -339,6 +339,99 @@ def weights_verify(inventory_path: Path, limit: str | None, deep: bool) -> ExitC
     return code
 
 
+# ---- bootstrap --------------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("target", metavar="USER@HOST")
+@click.option("--port", "-p", default=22, show_default=True, type=click.IntRange(1, 65535), help="SSH port.")
+@click.option("--password-stdin", is_flag=True, help="Read USER's password from stdin (never from an argument).")
+@click.option("--identity", type=click.Path(dir_okay=False, path_type=Path), help="Log in with this private key.")
+@click.option("--admin", default="provision", show_default=True, help="The admin user to create (key + sudo).")
+@click.option(
+    "--key",
+    "public_key",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Public key to install for the admin.  [default: ~/.config/provision/id_ed25519.pub, made if missing]",
+)
+@click.option(
+    "--host-key-policy",
+    type=click.Choice(["accept-new", "yes", "no"]),
+    default="accept-new",
+    show_default=True,
+    help="accept-new records an unknown host key; yes requires a known one; no checks nothing.",
+)
+@click.option(
+    "--known-hosts",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("~/.config/provision/known_hosts"),
+    show_default=True,
+    help="Where host keys are checked and recorded.",
+)
+@click.option("--name", help="Inventory name of the host.  [default: HOST]")
+@click.option(
+    "--inventory-append",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also add the host to this YAML inventory (under all.hosts).",
+)
+def bootstrap(
+    target: str,
+    port: int,
+    password_stdin: bool,
+    identity: Path | None,
+    admin: str,
+    public_key: Path | None,
+    host_key_policy: str,
+    known_hosts: Path,
+    name: str | None,
+    inventory_append: Path | None,
+) -> ExitCode:
+    """First contact: create an admin user with our key and sudo on a host Ansible cannot manage yet."""
+    import yaml
+
+    from provision import bootstrap as first_contact
+
+    user, host = first_contact.parse_target(target)
+    if password_stdin and identity is not None:
+        raise UsageError("--password-stdin and --identity exclude each other")
+    password = None
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+        if not password:
+            raise UsageError("--password-stdin: stdin held no password")
+    private_key = None
+    if public_key is None:
+        private_key = first_contact.ensure_project_key(paths.PROJECT_KEY.expanduser())
+        public_key = private_key.with_name(private_key.name + ".pub")
+    elif public_key.suffix == ".pub" and public_key.with_suffix("").exists():
+        private_key = public_key.with_suffix("")
+    request = first_contact.BootstrapRequest(
+        user=user,
+        host=host,
+        port=port,
+        password=password,
+        identity=identity,
+        admin=admin,
+        public_key=first_contact.read_public_key(public_key),
+        private_key=private_key.resolve() if private_key else None,
+        known_hosts=known_hosts.expanduser().resolve(),
+        host_key_policy=host_key_policy,
+        name=name,
+    )
+    result = first_contact.bootstrap(request, log=_log)
+    for change in result.changes:
+        click.echo(click.style(f"changed: {change}", fg="yellow"))
+    if not result.changed:
+        click.echo(click.style(f"{request.inventory_name}: unchanged", fg="green"))
+    click.echo("inventory entry:")
+    click.echo(yaml.safe_dump({request.inventory_name: result.entry}, sort_keys=False), nl=False)
+    if inventory_append is not None:
+        added = first_contact.append_to_inventory(inventory_append, request.inventory_name, result.entry)
+        verb = "added to" if added else "already in"
+        click.echo(f"{request.inventory_name} {verb} {paths.display(inventory_append)}")
+    return ExitCode.OK
+
+
 # ---- lab --------------------------------------------------------------------------------------------
 
 

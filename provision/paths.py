@@ -31,3 +31,7 @@ def display(path: Path | str) -> str:
         return str(p.resolve().relative_to(Path.cwd().resolve()))
     except ValueError:
         return str(p)
+
+
+# The key provision installs for the admin user that `provision bootstrap` creates (made on first use).
+PROJECT_KEY = Path(os.environ.get("PROVISION_KEY") or "~/.config/provision/id_ed25519")

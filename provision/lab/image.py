@@ -78,6 +78,47 @@ chmod 0755 /usr/local/sbin/lab-personalize
 """.replace("__USER__", LAB_USER)
 
 
+OCI_SETUP = r"""
+mkdir -p /etc/iptables
+note="See the Oracle-Provided Images section in the Oracle Cloud Infrastructure documentation"
+note="$note for security impact of modifying or removing this rule"
+c="-m comment --comment \"$note\""
+cat > /etc/iptables/rules.v4 <<EOR
+# CLOUD_IMG: This file was created/modified by the Cloud Image build process
+# iptables configuration for Oracle Cloud Infrastructure (the lab's copy of the Ubuntu image's rules)
+*filter
+:INPUT ACCEPT [0:0]
+:FORWARD ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:InstanceServices - [0:0]
+-A INPUT -m state --state RELATED,ESTABLISHED -j ACCEPT
+-A INPUT -p icmp -j ACCEPT
+-A INPUT -i lo -j ACCEPT
+-A INPUT -p udp -m udp --sport 123 -j ACCEPT
+-A INPUT -p tcp -m state --state NEW -m tcp --dport 22 -j ACCEPT
+-A INPUT -j REJECT --reject-with icmp-host-prohibited
+-A FORWARD -j REJECT --reject-with icmp-host-prohibited
+-A OUTPUT -d 169.254.0.0/16 -j InstanceServices
+-A InstanceServices -d 169.254.0.2/32 -p tcp -m owner --uid-owner 0 -m tcp --dport 3260 $c -j ACCEPT
+-A InstanceServices -d 169.254.2.0/24 -p tcp -m owner --uid-owner 0 -m tcp --dport 3260 $c -j ACCEPT
+-A InstanceServices -d 169.254.0.2/32 -p tcp -m tcp --dport 3260 $c -j REJECT --reject-with tcp-reset
+-A InstanceServices -d 169.254.2.0/24 -p tcp -m tcp --dport 3260 $c -j REJECT --reject-with tcp-reset
+COMMIT
+EOR
+systemctl enable netfilter-persistent
+"""
+
+
+SELINUX_SETUP = r"""
+sed -i 's/^SELINUX=.*/SELINUX=permissive/' /etc/selinux/config
+# Label the whole tree now: mkfs.ext4 -d copies the security.selinux attributes into the image.
+setfiles -F -e /proc -e /sys -e /dev -e /run /etc/selinux/default/contexts/files/file_contexts /
+# What lab-personalize writes on each clone (host keys, the lab key) must carry sshd's labels too, or sshd
+# could not read them once a test switches to enforcing.
+printf '%s\n' 'restorecon -R /etc/ssh "$home/.ssh"' >> /usr/local/sbin/lab-personalize
+"""
+
+
 @dataclass(frozen=True)
 class Flavor:
     """A variant of the lab image: what it adds to the plain one.
@@ -95,6 +136,26 @@ class Flavor:
 # Each flavor is built and cached on first use only.
 FLAVORS: dict[str, Flavor] = {
     "plain": Flavor(),
+    # OCI's Ubuntu images: host iptables restored at boot by netfilter-persistent, INPUT ending in REJECT,
+    # and the InstanceServices chain that keeps the iSCSI boot volume endpoints root-only.
+    "oci": Flavor(packages=("iptables", "netfilter-persistent", "iptables-persistent"), setup=OCI_SETUP),
+    # SELinux with Debian's reference policy, labelled at build time (no relabel boot), booted permissive
+    # (Debian's default; the guest agent that personalises clones must keep working); tests switch to
+    # enforcing through the selinux role.  nginx is there to show the upstream denial and its fix.
+    "selinux": Flavor(
+        packages=(
+            "selinux-basics",
+            "selinux-policy-default",
+            "auditd",
+            "policycoreutils",
+            "policycoreutils-python-utils",
+            "python3-selinux",
+            "python3-semanage",
+            "nginx-light",
+        ),
+        setup=SELINUX_SETUP,
+        append="security=selinux selinux=1",
+    ),
 }
 
 

@@ -18,11 +18,15 @@ class Lab:
     state: Path
     env: dict[str, str]
 
-    def provision(self, *args: str, check: bool = False, timeout: float = 1800) -> subprocess.CompletedProcess[str]:
+    def provision(
+        self, *args: str, check: bool = False, timeout: float = 1800, stdin: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """Run provision as a user would; `stdin` feeds it (a password for --password-stdin, a file for tee)."""
         proc = subprocess.run(
             [sys.executable, "-m", "provision", *args],
             cwd=ROOT,
             env=self.env,
+            input=stdin,
             capture_output=True,
             text=True,
             timeout=timeout,

@@ -1,0 +1,104 @@
+"""What the ssh, selinux and firewall roles promise, as functions that list problems (see checks.py)."""
+
+import shlex
+import subprocess
+from collections.abc import Mapping
+from typing import Any
+
+SSHD = "/usr/sbin/sshd"
+PASSWORD_METHODS = ("password", "keyboard-interactive")
+
+
+def login_target(hostvars: Mapping[str, Any], fallback_host: str) -> tuple[str, int, str]:
+    """(address, port, user) the inventory logs in with."""
+    address = str(hostvars.get("ansible_host") or fallback_host)
+    return address, int(hostvars.get("ansible_port") or 22), str(hostvars.get("ansible_user") or "root")
+
+
+def sshd_config_problems(host: Any) -> list[str]:
+    with host.sudo():
+        result = host.run(f"{SSHD} -t")
+    return [] if result.rc == 0 else [f"sshd -t failed (rc={result.rc}): {result.stderr.strip()[:300]}"]
+
+
+def password_login_problems(address: str, port: int, user: str) -> list[str]:
+    """The server must offer no password method; asked without sending any credential."""
+    from provision.bootstrap import password_login_offered
+
+    try:
+        offered = password_login_offered(address, port, user)
+    except OSError as exc:
+        return [f"cannot reach sshd at {address}:{port}: {exc}"]
+    allowed = [m for m in offered if m in PASSWORD_METHODS or m == "none"]
+    return [f"sshd at {address}:{port} offers {', '.join(allowed)} to {user}"] if allowed else []
+
+
+def key_login_argv(hostvars: Mapping[str, Any], fallback_host: str) -> list[str]:
+    """A fresh ssh login as the inventory describes it (no shared connection, no password prompt)."""
+    address, port, user = login_target(hostvars, fallback_host)
+    argv = ["ssh", "-o", "ControlMaster=no", "-o", "ControlPath=none", "-o", "BatchMode=yes"]
+    argv += ["-o", "ConnectTimeout=15", "-p", str(port)]
+    key = hostvars.get("ansible_ssh_private_key_file")
+    if key:
+        argv += ["-o", "IdentitiesOnly=yes", "-i", str(key)]
+    for name in ("ansible_ssh_common_args", "ansible_ssh_extra_args"):
+        argv += shlex.split(str(hostvars.get(name) or ""))
+    return [*argv, f"{user}@{address}", "true"]
+
+
+def key_login_problems(argv: list[str]) -> list[str]:
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    if proc.returncode != 0:
+        return [f"a fresh key login failed (rc={proc.returncode}): {proc.stderr.strip()[-300:]}"]
+    return []
+
+
+def selinux_problems(host: Any, state: str, booleans: list[dict[str, Any]]) -> list[str]:
+    if not host.exists("getenforce"):
+        return []
+    mode = host.run("getenforce").stdout.strip().lower()
+    if mode == "disabled":
+        return []
+    problems = []
+    if state and mode != state:
+        problems.append(f"SELinux is {mode}, selinux_state asks for {state}")
+    for boolean in booleans:
+        want = "on" if boolean["state"] else "off"
+        got = host.run(f"getsebool {shlex.quote(boolean['name'])}").stdout.strip().rsplit(" ", 1)[-1]
+        if got != want:
+            problems.append(f"SELinux boolean {boolean['name']} is {got or 'unknown'}, expected {want}")
+    return problems
+
+
+def iptables_rule(port: Mapping[str, Any]) -> str:
+    """The role's rule for a port, as iptables -S prints it (and OCI's rules.v4 writes it)."""
+    proto = port.get("proto") or "tcp"
+    return f"-A INPUT -p {proto} -m state --state NEW -m {proto} --dport {port['port']} -j ACCEPT"
+
+
+def firewall_problems(host: Any, ports: list[Mapping[str, Any]], rules_file: str) -> list[str]:
+    """Each configured port is open in the host's own firewall, live and after a reboot."""
+    problems = []
+    with host.sudo():
+        if host.service("firewalld").is_running:
+            for port in ports:
+                spec = f"{port['port']}/{port.get('proto') or 'tcp'}"
+                for where in ("", "--permanent "):
+                    if host.run(f"firewall-cmd {where}--query-port={spec}").rc != 0:
+                        problems.append(f"firewalld {where.strip() or 'runtime'}: port {spec} is not open")
+            return problems
+        saved = host.file(rules_file).content_string.splitlines() if host.file(rules_file).exists else []
+        if not any(line.startswith("-A INPUT") and "-j REJECT" in line for line in saved):
+            return []  # no host firewall of its own: the cloud's security list is the firewall
+        live = host.run("iptables -S INPUT").stdout.splitlines()
+    for port in ports:
+        rule = iptables_rule(port)
+        for name, lines in (("live INPUT chain", live), (rules_file, saved)):
+            if not _before_reject(rule, lines):
+                problems.append(f"{name}: {rule!r} missing or after the REJECT")
+    return problems
+
+
+def _before_reject(rule: str, lines: list[str]) -> bool:
+    rejects = [i for i, line in enumerate(lines) if line.startswith("-A INPUT") and "-j REJECT" in line]
+    return rule in lines and (not rejects or lines.index(rule) < rejects[0])

@@ -1,0 +1,264 @@
+"""First contact and host security on a real lab VM: bootstrap, the ssh role's guards, the OCI-style firewall.
+
+Runs after the disks tests on the same session lab.  It adds lab3, of the "oci" flavor (OCI Ubuntu's
+iptables rules: INPUT ends in REJECT, the InstanceServices chain, netfilter-persistent), and works on lab3
+only; lab1 and lab2 are left as they were.  lab3 first gets what an Aliyun-style image has: root with a
+password, password logins allowed (in cloud-init's 50-cloud-init.conf), no key for root.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+from labtools import BASE_PORT, Lab, recap
+
+from provision.bootstrap import password_login_offered
+from provision.lab.qemu import qmp
+
+HOST = "lab3"
+ADMIN = "ops"
+WEB_PORT = 8080
+FORWARD_PORT = BASE_PORT + 80  # host side of an extra forward to lab3's WEB_PORT
+
+
+@dataclass(frozen=True)
+class Lab3:
+    lab: Lab
+    port: int
+    password: str
+    work: Path
+    key: Path
+    known_hosts: Path
+    inventory: Path  # written by `provision bootstrap --inventory-append`
+    outputs: list[str]
+
+    def bootstrap(self, *more: str, password: str | None = None) -> subprocess.CompletedProcess[str]:
+        argv = [
+            "bootstrap", "root@127.0.0.1", "--port", str(self.port), "--password-stdin", "--admin", ADMIN,
+            "--key", f"{self.key}.pub", "--known-hosts", str(self.known_hosts), "--name", HOST, *more,
+        ]  # fmt: skip
+        proc = self.lab.provision(*argv, stdin=(password or self.password) + "\n")
+        self.outputs.append(proc.stdout + proc.stderr)
+        return proc
+
+    def up(self, *more: str) -> subprocess.CompletedProcess[str]:
+        proc = self.lab.provision("up", "-i", str(self.inventory), "--tags", "ssh,firewall", *more)
+        self.outputs.append(proc.stdout + proc.stderr)
+        return proc
+
+    def admin_ssh(self, command: str) -> subprocess.CompletedProcess[str]:
+        """A fresh login as the admin with the bootstrap key, as the inventory entry says."""
+        return subprocess.run(
+            ["ssh", "-o", "ControlPath=none", "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-i", str(self.key),
+             "-o", f"UserKnownHostsFile={self.known_hosts}", "-o", "StrictHostKeyChecking=yes",
+             "-p", str(self.port), f"{ADMIN}@127.0.0.1", command],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+
+
+def sh(lab: Lab, command: str, stdin: str | None = None) -> str:
+    """Run a command on lab3 as the lab user (`provision lab ssh`), with stdin when given."""
+    proc = lab.provision("lab", "ssh", HOST, "--", command, stdin=stdin or "")
+    assert proc.returncode == 0, f"{HOST}: {command}: {proc.stderr}"
+    return proc.stdout
+
+
+def forward_web_port(lab: Lab) -> None:
+    """Forward 127.0.0.1:FORWARD_PORT to lab3's WEB_PORT, arriving on its NIC (so INPUT rules apply)."""
+    with qmp(lab.state / "hosts" / HOST / "qmp.sock") as monitor:
+        monitor.call("human-monitor-command", **{"command-line": f"hostfwd_remove tcp:127.0.0.1:{FORWARD_PORT}"})
+        reply = monitor.call(
+            "human-monitor-command", **{"command-line": f"hostfwd_add tcp:127.0.0.1:{FORWARD_PORT}-:{WEB_PORT}"}
+        )
+    assert not str(reply).strip(), f"hostfwd_add: {reply}"
+
+
+def web_reachable() -> bool:
+    """Whether an HTTP GET through the forward gets an answer (a REJECT makes qemu close the connection)."""
+    try:
+        with socket.create_connection(("127.0.0.1", FORWARD_PORT), timeout=5) as conn:
+            conn.settimeout(5)
+            conn.sendall(b"GET / HTTP/1.0\r\n\r\n")
+            return conn.recv(64).startswith(b"HTTP/")
+    except OSError:
+        return False
+
+
+def start_web_server(lab: Lab) -> None:
+    sh(lab, f"sudo systemd-run --unit lab-web --quiet python3 -m http.server {WEB_PORT} --directory /tmp || true")
+
+
+@pytest.fixture(scope="module")
+def lab3(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab3]:
+    work = tmp_path_factory.mktemp("security")
+    # lab3's inventory goes apart from the session's, so later tests still see lab1 and lab2 only.
+    lab.provision(
+        "lab", "up", "--hosts", "3", "--flavor", "oci", "--base-port", str(BASE_PORT),
+        "--inventory-out", str(work / "lab-hosts.yml"), check=True,
+    )  # fmt: skip
+    port = yaml.safe_load((work / "lab-hosts.yml").read_text())["all"]["children"]["lab"]["hosts"][HOST]["ansible_port"]
+    password = "pw-" + secrets.token_urlsafe(18)
+    sh(lab, "sudo chpasswd", stdin=f"root:{password}\n")
+    sh(
+        lab,
+        "printf 'PasswordAuthentication yes\\nPermitRootLogin yes\\n'"
+        " | sudo tee /etc/ssh/sshd_config.d/50-cloud-init.conf >/dev/null"
+        " && sudo rm -f /root/.ssh/authorized_keys && sudo systemctl reload ssh",
+    )
+    key = work / "id_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    inventory = work / "inventory" / "hosts.yml"
+    inventory.parent.mkdir()
+    config = {
+        "firewall_ports": [{"port": WEB_PORT}],
+        "ssh_tunnel_users": ["tunnel"],
+        "ssh_allow_tcp_forwarding": "no",
+    }
+    (inventory.parent / "group_vars").mkdir()
+    (inventory.parent / "group_vars" / "all.yml").write_text(yaml.safe_dump(config))
+    yield Lab3(lab, port, password, work, key, work / "known_hosts", inventory, [])
+
+
+def assert_no_password(state: Lab3, *paths: Path) -> None:
+    for output in state.outputs:
+        assert state.password not in output
+    for path in paths:
+        for file in [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]:
+            assert state.password.encode() not in file.read_bytes(), f"the password is in {file}"
+
+
+def test_bootstrap_with_a_root_password_creates_the_admin(lab3: Lab3) -> None:
+    proc = lab3.bootstrap("--inventory-append", str(lab3.inventory))
+    assert proc.returncode == 0, proc.stderr
+    assert f"changed: created user {ADMIN}" in proc.stdout
+    assert "visudo -c" in proc.stdout
+    assert f"{HOST} added to" in proc.stdout
+    entry = yaml.safe_load(lab3.inventory.read_text())["all"]["hosts"][HOST]
+    assert entry["ansible_user"] == ADMIN and entry["ansible_port"] == lab3.port
+    assert entry["ansible_ssh_private_key_file"] == str(lab3.key)
+    assert f"UserKnownHostsFile={lab3.known_hosts}" in entry["ansible_ssh_common_args"]
+    assert lab3.known_hosts.read_text().startswith(f"[127.0.0.1]:{lab3.port} ")
+    login = lab3.admin_ssh("sudo -n id -u; stat -c %a /etc/sudoers.d/90-provision-ops")
+    assert login.stdout.split() == ["0", "440"], login.stderr
+
+
+def test_second_bootstrap_changes_nothing(lab3: Lab3) -> None:
+    proc = lab3.bootstrap("--inventory-append", str(lab3.inventory))
+    assert proc.returncode == 0, proc.stderr
+    assert "changed:" not in proc.stdout
+    assert f"{HOST}: unchanged" in proc.stdout and "already in" in proc.stdout
+
+
+def test_bootstrap_errors_are_one_line(lab3: Lab3, tmp_path: Path) -> None:
+    wrong = lab3.bootstrap(password="not-" + lab3.password)
+    assert wrong.returncode == 1
+    assert wrong.stderr.strip().splitlines() == [
+        f"provision: error: root@127.0.0.1:{lab3.port}: authentication failed (password)"
+    ]
+    assert lab3.password not in wrong.stdout + wrong.stderr and "not-" not in wrong.stderr
+    # A known_hosts that holds another ed25519 key for lab3's address: what a rebuilt host (or an attack) looks like.
+    changed_key = tmp_path / "known_hosts"
+    other_key = " ".join(Path(f"{lab3.key}.pub").read_text().split()[:2])
+    changed_key.write_text(f"[127.0.0.1]:{lab3.port} {other_key}\n")
+    argv = ["bootstrap", "root@127.0.0.1", "--port", str(lab3.port), "--password-stdin",
+            "--known-hosts", str(changed_key), "--key", f"{lab3.key}.pub"]  # fmt: skip
+    proc = lab3.lab.provision(*argv, stdin=lab3.password + "\n")
+    lab3.outputs.append(proc.stdout + proc.stderr)
+    assert proc.returncode == 1
+    [line] = proc.stderr.strip().splitlines()
+    assert "host key changed" in line and f"ssh-keygen -R '[127.0.0.1]:{lab3.port}' -f {changed_key}" in line
+
+
+def test_up_hardens_ssh_and_opens_the_port_keeping_oci_rules(lab3: Lab3) -> None:
+    forward_web_port(lab3.lab)
+    start_web_server(lab3.lab)
+    instance_services = sh(lab3.lab, "sudo iptables -S InstanceServices")
+    assert "--dport 3260" in instance_services
+    assert not web_reachable(), "the OCI-style REJECT should block the web port before the role"
+
+    first = lab3.up("--keep-artifacts")
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert recap(first.stdout)[HOST]["changed"] > 0
+    artifacts = Path(re.search(r"artifacts kept in (\S+)", first.stdout)[1])
+    try:
+        second = lab3.up()
+        assert second.returncode == 0, second.stdout + second.stderr
+        assert recap(second.stdout)[HOST]["changed"] == 0
+
+        # Password logins are gone (cloud-init's drop-in still says yes: ours sorts first), keys work.
+        assert not {"password", "keyboard-interactive"} & set(password_login_offered("127.0.0.1", lab3.port, "root"))
+        assert lab3.admin_ssh("true").returncode == 0
+        effective = sh(lab3.lab, "sudo sshd -T -C user=root,host=x,addr=10.0.2.2")
+        assert "passwordauthentication no" in effective and "permitrootlogin without-password" in effective
+        assert "allowtcpforwarding no" in effective
+        tunnel = sh(lab3.lab, "sudo sshd -T -C user=tunnel,host=x,addr=10.0.2.2")
+        assert "allowtcpforwarding yes" in tunnel
+
+        # The port is open, inserted before the REJECT, InstanceServices untouched, persisted in rules.v4.
+        assert web_reachable()
+        assert sh(lab3.lab, "sudo iptables -S InstanceServices") == instance_services
+        rules = sh(lab3.lab, "sudo cat /etc/iptables/rules.v4").splitlines()
+        ours = f"-A INPUT -p tcp -m state --state NEW -m tcp --dport {WEB_PORT} -j ACCEPT"
+        reject = "-A INPUT -j REJECT --reject-with icmp-host-prohibited"
+        assert rules.index(ours) == rules.index(reject) - 1
+        live = sh(lab3.lab, "sudo iptables -S INPUT").splitlines()
+        assert live.index(ours) == live.index(reject) - 1
+
+        smoke = lab3.lab.provision("test", "-i", str(lab3.inventory), "-k", "ssh or login or firewall or selinux")
+        lab3.outputs.append(smoke.stdout + smoke.stderr)
+        assert smoke.returncode == 0, smoke.stdout
+        assert_no_password(lab3, artifacts, lab3.inventory, lab3.known_hosts)
+    finally:
+        shutil.rmtree(artifacts, ignore_errors=True)
+
+
+def test_firewall_rules_survive_a_reboot(lab3: Lab3) -> None:
+    before = sh(lab3.lab, "sudo iptables -S")
+    lab3.lab.provision("lab", "restart", HOST, check=True)
+    forward_web_port(lab3.lab)
+    start_web_server(lab3.lab)
+    assert sh(lab3.lab, "sudo iptables -S") == before
+    deadline = time.monotonic() + 20
+    while not web_reachable() and time.monotonic() < deadline:
+        time.sleep(1)
+    assert web_reachable()
+
+
+def test_broken_sshd_setting_is_refused_and_the_config_kept(lab3: Lab3) -> None:
+    before = sh(lab3.lab, "sudo sha256sum /etc/ssh/sshd_config /etc/ssh/sshd_config.d/*")
+    proc = lab3.up("-e", "@" + str(write_vars(lab3.work / "broken.yml", {"ssh_settings": {"MaxAuthTries": "many"}})))
+    assert proc.returncode == 1
+    dropin = "/etc/ssh/sshd_config.d/10-provision.conf"
+    kept = f"Kept the previous sshd config: sshd -t rejected the new {dropin} (check ssh_settings): {dropin}"
+    assert kept in proc.stdout
+    assert sh(lab3.lab, "sudo sha256sum /etc/ssh/sshd_config /etc/ssh/sshd_config.d/*") == before
+    assert lab3.admin_ssh("true").returncode == 0
+
+
+def test_lockout_after_reload_restores_the_old_config(lab3: Lab3) -> None:
+    before = sh(lab3.lab, "sudo sha256sum /etc/ssh/sshd_config /etc/ssh/sshd_config.d/*")
+    stranger = lab3.work / "stranger"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(stranger)], check=True)
+    # A valid change, then a probe with a key the host does not know: what a lockout looks like from here.
+    settings = {"ssh_settings": {"ClientAliveInterval": 60}, "ssh_probe_identity": str(stranger)}
+    proc = lab3.up("-e", "@" + str(write_vars(lab3.work / "lockout.yml", settings)))
+    assert proc.returncode == 1
+    assert "Kept the previous sshd config: lockout guard: after reloading sshd with the new config" in proc.stdout
+    assert sh(lab3.lab, "sudo sha256sum /etc/ssh/sshd_config /etc/ssh/sshd_config.d/*") == before
+    assert "clientaliveinterval 0" in sh(lab3.lab, "sudo sshd -T -C user=root,host=x,addr=10.0.2.2")
+    assert lab3.admin_ssh("true").returncode == 0
+
+
+def write_vars(path: Path, values: dict[str, object]) -> Path:
+    path.write_text(yaml.safe_dump(values))
+    return path
