@@ -96,8 +96,9 @@ class Flavor:
 FLAVORS: dict[str, Flavor] = {
     "plain": Flavor(),
     # Docker present as on a cloud image with Docker preinstalled (installing docker.io under TCG takes ~5 min);
-    # the container_runtime role still configures it.  docker.service is enabled by the package.
-    "docker": Flavor(packages=("docker.io",)),
+    # the container_runtime role still configures it.  docker.service is enabled by the package.  apparmor:
+    # Debian's kernel enables AppArmor, and dockerd cannot start containers without apparmor_parser.
+    "docker": Flavor(packages=("docker.io", "apparmor")),
 }
 
 
