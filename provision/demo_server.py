@@ -68,6 +68,20 @@ class Handler(BaseHTTPRequestHandler):
     # --- routes -------------------------------------------------------------------------------------------
 
     def do_GET(self) -> None:
+        self.server.begin()  # type: ignore[attr-defined]
+        try:
+            self._get()
+        finally:
+            self.server.end()  # type: ignore[attr-defined]
+
+    def do_POST(self) -> None:
+        self.server.begin()  # type: ignore[attr-defined]
+        try:
+            self._post()
+        finally:
+            self.server.end()  # type: ignore[attr-defined]
+
+    def _get(self) -> None:
         path = self.path.split("?", 1)[0]
         if path == "/health":
             if self.config.fail_health:
@@ -82,7 +96,7 @@ class Handler(BaseHTTPRequestHandler):
         else:
             self._json(404, {"error": {"message": f"no route {path}", "type": "not_found"}})
 
-    def do_POST(self) -> None:
+    def _post(self) -> None:
         path = self.path.split("?", 1)[0]
         try:
             length = int(self.headers.get("Content-Length") or 0)
@@ -213,11 +227,34 @@ def encode_frame(opcode: int, payload: bytes, mask: bytes | None = None) -> byte
     return head + payload
 
 
-def serve(config: argparse.Namespace) -> ThreadingHTTPServer:
+class Server(ThreadingHTTPServer):
+    """Counts requests in flight, so that a stop can wait for them but not for idle keep-alive connections."""
+
+    daemon_threads = True
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.in_flight = 0
+        self.idle = threading.Condition()
+
+    def begin(self) -> None:
+        with self.idle:
+            self.in_flight += 1
+
+    def end(self) -> None:
+        with self.idle:
+            self.in_flight -= 1
+            self.idle.notify_all()
+
+    def drain(self, timeout: float) -> bool:
+        """Wait until no request is in flight; False if some still were after `timeout` seconds."""
+        with self.idle:
+            return self.idle.wait_for(lambda: self.in_flight == 0, timeout)
+
+
+def serve(config: argparse.Namespace) -> Server:
     handler = type("ConfiguredHandler", (Handler,), {"config": config})
-    server = ThreadingHTTPServer((config.host, config.port), handler)
-    server.daemon_threads = False  # server_close() waits for requests in flight: a stop loses none
-    return server
+    return Server((config.host, config.port), handler)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -233,8 +270,9 @@ def main(argv: list[str] | None = None) -> int:
     health = "failing on purpose (--fail-health)" if config.fail_health else "ok"
     print(f"provision demo server: model {config.model!r} on {config.host}:{config.port}, health {health}", flush=True)
     server.serve_forever()
-    server.server_close()
-    print("provision demo server: stopped", flush=True)
+    server.server_close()  # no new connections from here on
+    drained = server.drain(timeout=20)
+    print(f"provision demo server: stopped ({'all requests answered' if drained else 'requests cut'})", flush=True)
     return 0
 
 

@@ -99,6 +99,13 @@ def test_tokens_stream_through_nginx_as_fast_as_direct(lab: Lab, converged: tupl
     assert through["median"] - direct["median"] < 0.050, (through, direct)
 
 
+def test_provision_test_checks_replicas_and_streaming(lab: Lab, converged: tuple, serving: tuple[Path, str]) -> None:
+    inventory, host = serving
+    checked = lab.provision("test", "-i", str(inventory), "--limit", host, "-k", "serving")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "2 passed" in checked.stdout, checked.stdout
+
+
 def test_websocket_echo_through_nginx(lab: Lab, converged: tuple, serving: tuple[Path, str]) -> None:
     reply = client(lab, serving[1], "websocket", NGINX, "--message", "ping-from-test")
     assert reply == {"status": 101, "echo": "ping-from-test"}
