@@ -14,7 +14,7 @@ MESSAGE_LIMIT = 200
 # A failure message may carry details after a line of three dashes (the inference role puts the container's
 # last log lines there); they are shown indented below the failure line, at most this many.
 DETAILS_SEPARATOR = "---"
-DETAILS_LIMIT = 60
+DETAILS_LIMIT = 100
 
 _RESULT_STATUS = {
     "runner_on_ok": "ok",

@@ -177,13 +177,14 @@ def load(url: str, seconds: float, requests: int, concurrency: int, tokens: int 
                     break
                 issued[0] += 1
             started = time.monotonic()
+            response = None
             try:
                 conn.request("POST", prefix + "/v1/chat/completions", body=_body(tokens, False), headers=headers)
                 response = conn.getresponse()
                 response.read()
                 ok = response.status == 200
             except (OSError, http.client.HTTPException) as exc:
-                ok = False
+                ok, response = False, None
                 conn.close()
                 conn, headers, prefix = _connect(url, 30)
                 with lock:
@@ -192,8 +193,8 @@ def load(url: str, seconds: float, requests: int, concurrency: int, tokens: int 
             with lock:
                 if ok:
                     latencies.append(elapsed)
-                elif len(errors) < 1000:
-                    errors.append("status")
+                elif len(errors) < 1000 and response is not None:
+                    errors.append(f"status {response.status}")
         conn.close()
 
     started = time.monotonic()
@@ -208,8 +209,8 @@ def load(url: str, seconds: float, requests: int, concurrency: int, tokens: int 
     def pct(p: float) -> float | None:
         return latencies[min(len(latencies) - 1, int(p * len(latencies)))] if latencies else None
 
-    return {"ok": len(latencies), "errors": len(errors), "wall": wall, "rps": len(latencies) / wall,
-            "p50": pct(0.50), "p99": pct(0.99)}  # fmt: skip
+    return {"ok": len(latencies), "errors": len(errors), "error_kinds": sorted(set(errors)), "wall": wall,
+            "rps": len(latencies) / wall, "p50": pct(0.50), "p99": pct(0.99)}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -114,7 +114,9 @@ def test_websocket_echo_through_nginx(lab: Lab, converged: tuple, serving: tuple
 def test_requests_are_spread_over_both_replicas(lab: Lab, converged: tuple, serving: tuple[Path, str]) -> None:
     host = serving[1]
     sh(lab, host, "sudo truncate -s 0 /var/log/nginx/access.log")
-    result = client(lab, host, "load", NGINX, "--seconds", "5", "--requests", "40", "--concurrency", "4")
+    result = client(
+        lab, host, "load", NGINX, "--seconds", "20", "--requests", "40", "--concurrency", "4", "--tokens", "1"
+    )
     assert result["ok"] == 40 and result["errors"] == 0, result
     log = sh(lab, host, "sudo cat /var/log/nginx/access.log")
     assert "upstream=127.0.0.1:8000 " in log and "upstream=127.0.0.1:8001 " in log, log
