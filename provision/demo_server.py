@@ -231,6 +231,7 @@ class Server(ThreadingHTTPServer):
     """Counts requests in flight, so that a stop can wait for them but not for idle keep-alive connections."""
 
     daemon_threads = True
+    request_queue_size = 128  # socketserver's default listen backlog of 5 resets connections in a burst
 
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
