@@ -510,6 +510,29 @@ def lab_restart(name: str, no_data_disk: bool) -> ExitCode:
     return ExitCode.OK
 
 
+@lab.command("demo-image")
+@click.option(
+    "--vars-out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Also write the inventory variables that deploy it (e.g. group_vars/inference.yml).",
+)
+def lab_demo_image(vars_out: Path | None) -> ExitCode:
+    """Build (once) the demo OpenAI-compatible server's image, a rootfs tar for docker import."""
+    import yaml
+
+    from provision.lab import dirs
+    from provision.lab.demo_image import ensure_demo_image
+
+    image = ensure_demo_image(dirs().cache, log=_log)
+    if vars_out is not None:
+        vars_out.parent.mkdir(parents=True, exist_ok=True)
+        header = "# Written by `provision lab demo-image`: the lab's demo server as the inference image.\n"
+        vars_out.write_text("---\n" + header + yaml.safe_dump(image.inventory_vars(), sort_keys=False))
+    click.echo(f"{image.name}  {image.archive}")
+    return ExitCode.OK
+
+
 @lab.command("ssh", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
 @click.argument("name")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)

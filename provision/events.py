@@ -11,6 +11,10 @@ from provision.runner import HostStats
 
 STATUS_WIDTH = 12
 MESSAGE_LIMIT = 600
+# A failure message may carry details after a line of three dashes (the inference role puts the container's
+# last log lines there); they are shown indented below the failure line, at most this many.
+DETAILS_SEPARATOR = "---"
+DETAILS_LIMIT = 100
 
 _RESULT_STATUS = {
     "runner_on_ok": "ok",
@@ -63,6 +67,8 @@ def event_line(event: Mapping[str, Any], host_width: int = 0) -> Line | None:
         message = failure_message(res)
         if message:
             text += f": {message}"
+        if status == "failed":
+            text = text.rstrip() + "".join(f"\n      | {line}" for line in failure_details(res))
     elif res.get("summary") and not censored:
         # A module's own account of what it did: the first line on the task's line, details indented below.
         first, *details = [line.strip() for line in str(res["summary"]).splitlines() if line.strip()]
@@ -82,6 +88,16 @@ def failure_message(res: Mapping[str, Any]) -> str:
     if stderr and (not message or message == "non-zero return code"):
         message = f"rc={res.get('rc')}: {stderr[-1].strip()}"
     return _one_line(message)
+
+
+def failure_details(res: Mapping[str, Any]) -> list[str]:
+    """The lines after a `---` line in a failure's msg (none for ordinary messages)."""
+    lines = str(res.get("msg") or "").splitlines()
+    if DETAILS_SEPARATOR not in (line.strip() for line in lines):
+        return []
+    start = [line.strip() for line in lines].index(DETAILS_SEPARATOR) + 1
+    details = [line.rstrip()[:MESSAGE_LIMIT] for line in lines[start:]]
+    return details[-DETAILS_LIMIT:]
 
 
 def _one_line(text: str) -> str:

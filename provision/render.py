@@ -44,6 +44,11 @@ RENDERABLE: tuple[Renderable, ...] = (
         output=lambda v: f"{v['inference_name']}.service",
         applies=lambda v: True,
     ),
+    Renderable(
+        template_var="nginx_conf_template",
+        output=lambda v: "nginx.conf",
+        applies=lambda v: True,
+    ),
 )
 
 

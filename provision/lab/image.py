@@ -156,6 +156,10 @@ FLAVORS: dict[str, Flavor] = {
         setup=SELINUX_SETUP,
         append="security=selinux selinux=1",
     ),
+    # Docker present as on a cloud image with Docker preinstalled (installing docker.io under TCG takes ~5 min);
+    # the container_runtime role still configures it.  docker.service is enabled by the package.  apparmor:
+    # Debian's kernel enables AppArmor, and dockerd cannot start containers without apparmor_parser.
+    "docker": Flavor(packages=("docker.io", "apparmor")),
 }
 
 

@@ -13,6 +13,7 @@ import subprocess
 from collections.abc import Iterator
 
 import pytest
+import yaml
 from labtools import BASE_PORT, ROOT, Lab, our_qemu_pids
 
 
@@ -48,3 +49,24 @@ def converged(lab: Lab) -> tuple[subprocess.CompletedProcess[str], subprocess.Co
     first = lab.provision("up", "-i", str(lab.inventory))
     second = lab.provision("up", "-i", str(lab.inventory))
     return first, second
+
+
+@pytest.fixture(scope="session")
+def docker_host(lab: Lab) -> str:
+    """A lab VM of the docker flavor, started next to whatever the session lab already runs.
+
+    `lab up --hosts N` keeps running hosts, so asking for one more than are running starts exactly one new VM,
+    whatever other test modules added before (a selinux host, say).  The shared inventory lists it too.
+    """
+    hosts_file = lab.inventory / "hosts.yml"
+    running = yaml.safe_load(hosts_file.read_text())["all"]["children"]["lab"]["hosts"]
+    for name, hostvars in running.items():
+        if hostvars.get("lab_flavor") == "docker":
+            return str(name)
+    lab.provision(
+        "lab", "up", "--hosts", str(len(running) + 1), "--flavor", "docker", "--base-port", str(BASE_PORT),
+        "--inventory-out", str(hosts_file), check=True,
+    )  # fmt: skip
+    now = yaml.safe_load(hosts_file.read_text())["all"]["children"]["lab"]["hosts"]
+    (name,) = [n for n, v in now.items() if n not in running and v.get("lab_flavor") == "docker"]
+    return str(name)

@@ -36,6 +36,14 @@ def test_failed_shows_first_line_of_msg() -> None:
     assert text(ev) == "  failed       lab1  base : Write package mirror sources: boom"
 
 
+def test_failed_shows_details_after_a_separator_line_indented() -> None:
+    ev = event("runner_on_failed", {"msg": "deploy failed\nrolled back\n---\nlog line 1\nlog line 2"})
+    assert text(ev) == (
+        "  failed       lab1  base : Write package mirror sources: deploy failed"
+        "\n      | log line 1\n      | log line 2"
+    )
+
+
 def test_failed_command_shows_stderr_instead_of_generic_msg() -> None:
     ev = event(
         "runner_on_failed",

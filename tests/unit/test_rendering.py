@@ -16,7 +16,7 @@ def inventory(**hostvars: Any) -> Inventory:
 
 
 def unit(**hostvars: Any) -> str:
-    (file,) = render.render_host(inventory(**hostvars), "h1")
+    (file,) = [f for f in render.render_host(inventory(**hostvars), "h1") if f.name.endswith(".service")]
     return file.text
 
 
@@ -49,8 +49,9 @@ def test_gpus_and_limits_are_optional() -> None:
 
 
 def test_output_file_is_named_after_the_unit() -> None:
-    (file,) = render.render_host(inventory(inference_name="qwen"), "h1")
-    assert file.name == "qwen.service"
+    files = render.render_host(inventory(inference_name="qwen"), "h1")
+    assert [f.name for f in files] == ["qwen.service", "nginx.conf"]
+    file = files[0]
     assert "ExecStop=/usr/bin/docker stop -t 30 qwen\n" in file.text
 
 

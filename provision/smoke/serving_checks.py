@@ -1,0 +1,76 @@
+"""Checks for the serving roles (inference, nginx): functions that take a testinfra host and list problems.
+
+Requests are made on the host itself by llm_client.py (standard library only), sent along in the command,
+so the checks need nothing on the host but python3.
+"""
+
+import base64
+import json
+from pathlib import Path
+from typing import Any
+
+CLIENT = base64.b64encode((Path(__file__).parent / "llm_client.py").read_bytes()).decode()
+
+
+def replica_units(variables: dict[str, Any]) -> list[tuple[str, int]]:
+    """(unit name, host port) of each replica, named as the inference role names them."""
+    name, port, count = (
+        str(variables["inference_name"]),
+        int(variables["inference_port"]),
+        int(variables["inference_replicas"]),
+    )
+    if count == 1:
+        return [(name, port)]
+    return [(f"{name}-{n}", port + n - 1) for n in range(1, count + 1)]
+
+
+def probe_host(variables: dict[str, Any]) -> str:
+    address = str(variables["inference_bind_address"])
+    return {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "[::]": "[::1]"}.get(address, address)
+
+
+def run_client(host: Any, *args: str) -> tuple[dict[str, Any] | None, str]:
+    """The client's JSON answer, or None and the reason it gave none."""
+    result = host.run(f"echo {CLIENT} | base64 -d | python3 - " + " ".join(args))
+    if result.rc != 0:
+        return None, (result.stderr.strip().splitlines() or ["no output"])[-1][:300]
+    return json.loads(result.stdout.strip().splitlines()[-1]), ""
+
+
+def replica_problems(host: Any, variables: dict[str, Any]) -> list[str]:
+    problems = []
+    for unit, port in replica_units(variables):
+        if not host.service(f"{unit}.service").is_running:
+            problems.append(f"{unit}.service is not running")
+            continue
+        url = f"http://{probe_host(variables)}:{port}"
+        reply, error = run_client(host, "complete", url, "--tokens", "1")
+        if reply is None or reply["status"] != 200:
+            problems.append(f"{unit} on port {port} does not answer a completion: {error or reply}")
+    return problems
+
+
+def gateway_problems(host: Any, variables: dict[str, Any]) -> list[str]:
+    problems = []
+    with host.sudo():
+        checked = host.run("nginx -t -q")
+    if checked.rc != 0:
+        problems.append(f"nginx -t fails: {checked.stderr.strip()[:300]}")
+    if not host.service("nginx").is_running:
+        return [*problems, "nginx is not running"]
+    if variables.get("nginx_basic_auth_users"):
+        return problems  # the checks below would need a password; they run on gateways without auth
+    scheme, port = (
+        ("https", variables["nginx_tls_port"]) if variables.get("nginx_tls") else ("http", variables["nginx_port"])
+    )
+    url = f"{scheme}://127.0.0.1:{int(port)}"
+    streamed, error = run_client(host, "stream", url, "--tokens", "8")
+    if streamed is None:
+        problems.append(f"a streamed completion through nginx failed: {error}")
+    elif streamed["status"] != 200 or streamed["separate_arrivals"] < 2:
+        problems.append(f"a streamed completion through nginx arrived in one piece (buffered?): {streamed}")
+    if scheme == "http":
+        echoed, error = run_client(host, "websocket", url)
+        if echoed is None or echoed["status"] != 101:
+            problems.append(f"a websocket upgrade through nginx was not answered with 101: {error or echoed}")
+    return problems
