@@ -38,8 +38,14 @@ class Lab:
             raise AssertionError(f"provision {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
         return proc
 
-    def ssh(self, host: str, command: str) -> subprocess.CompletedProcess[str]:
-        return self.provision("lab", "ssh", host, "--", command)
+    def ssh(self, host: str, command: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        return self.provision("lab", "ssh", host, "--", command, stdin=stdin)
+
+    def sh(self, host: str, command: str, stdin: str = "") -> str:
+        """Run a command on a lab host that must succeed, and return its stdout; stdin is empty unless given."""
+        proc = self.ssh(host, command, stdin=stdin)
+        assert proc.returncode == 0, f"{host}: {command}: {proc.stdout}{proc.stderr}"
+        return proc.stdout
 
 
 RECAP = re.compile(r"^(?P<host>\S+)\s+ok=(?P<ok>\d+)\s+changed=(?P<changed>\d+)\s+unreachable=(?P<unreachable>\d+)"

@@ -37,16 +37,9 @@ def up_disks(lab: Lab, inventory: Path, limit: str, *more: str) -> subprocess.Co
     return lab.provision("up", "-i", str(inventory), "--tags", "disks", "--limit", limit, *more)
 
 
-def sh(lab: Lab, host: str, command: str) -> str:
-    proc = lab.ssh(host, command)
-    assert proc.returncode == 0, f"{host}: {command}: {proc.stderr}"
-    return proc.stdout
-
-
 def reset_disk(lab: Lab, host: str) -> None:
     """Back to a blank data disk: unmounted, out of fstab, no signature, zeros at both ends."""
-    sh(
-        lab,
+    lab.sh(
         host,
         f"sudo umount -q {MOUNT} 2>/dev/null; sudo sed -i '\\# {MOUNT} #d' /etc/fstab; sudo systemctl daemon-reload;"
         " sudo wipefs -aq /dev/vdb; sudo dd if=/dev/zero of=/dev/vdb bs=1M count=4 status=none conv=fsync;"
@@ -61,20 +54,20 @@ def probe(lab: Lab, host: str) -> str:
 
 
 def first_mib(lab: Lab, host: str) -> str:
-    return sh(lab, host, "sudo dd if=/dev/vdb bs=1M count=1 status=none | sha256sum").split()[0]
+    return lab.sh(host, "sudo dd if=/dev/vdb bs=1M count=1 status=none | sha256sum").split()[0]
 
 
 def python_as_root(lab: Lab, host: str, code: str) -> None:
     encoded = base64.b64encode(code.encode()).decode()
-    sh(lab, host, f"echo {encoded} | base64 -d | sudo python3 -")
+    lab.sh(host, f"echo {encoded} | base64 -d | sudo python3 -")
 
 
 def mounted_uuid(lab: Lab, host: str) -> str:
-    return sh(lab, host, f"findmnt -n -o UUID --mountpoint {MOUNT}").strip()
+    return lab.sh(host, f"findmnt -n -o UUID --mountpoint {MOUNT}").strip()
 
 
 def fstab_lines(lab: Lab, host: str) -> list[str]:
-    return [line for line in sh(lab, host, "cat /etc/fstab").splitlines() if f" {MOUNT} " in line]
+    return [line for line in lab.sh(host, "cat /etc/fstab").splitlines() if f" {MOUNT} " in line]
 
 
 DOS_PARTITION_TABLE = """
@@ -140,7 +133,7 @@ def test_blank_disk_is_formatted_mounted_by_uuid_and_survives_a_reboot(blank: La
     (line,) = fstab_lines(blank, "lab1")
     assert line.startswith(f"UUID={uuid} {MOUNT} ext4 ")
     assert "nofail" in line and "x-systemd.device-timeout=" in line
-    assert sh(blank, "lab1", f"stat -c %U {MOUNT}").strip() == "debian"
+    assert blank.sh("lab1", f"stat -c %U {MOUNT}").strip() == "debian"
 
     second = up_disks(blank, inventory, "lab1")
     assert second.returncode == 0
@@ -155,17 +148,16 @@ def test_blank_disk_is_formatted_mounted_by_uuid_and_survives_a_reboot(blank: La
 
 
 def test_existing_filesystem_is_mounted_as_it_is(blank: Lab, tmp_path: Path) -> None:
-    sh(blank, "lab2", "sudo mkfs.ext4 -q -L keep /dev/vdb")
-    uuid = sh(blank, "lab2", "sudo blkid -s UUID -o value /dev/vdb").strip()
-    sh(
-        blank,
+    blank.sh("lab2", "sudo mkfs.ext4 -q -L keep /dev/vdb")
+    uuid = blank.sh("lab2", "sudo blkid -s UUID -o value /dev/vdb").strip()
+    blank.sh(
         "lab2",
         "sudo mount /dev/vdb /mnt && echo weights | sudo tee /mnt/model.bin >/dev/null && sudo umount /mnt",
     )
     proc = up_disks(blank, disks_inventory(blank, tmp_path), "lab2")
     assert proc.returncode == 0, proc.stdout
     assert mounted_uuid(blank, "lab2") == uuid, "reformatted"
-    assert sh(blank, "lab2", f"cat {MOUNT}/model.bin").strip() == "weights"
+    assert blank.sh("lab2", f"cat {MOUNT}/model.bin").strip() == "weights"
 
 
 @pytest.mark.parametrize(
@@ -206,8 +198,8 @@ def test_detached_data_disk_does_not_block_boot(blank: Lab, tmp_path: Path) -> N
     detached = blank.provision("lab", "restart", "lab1", "--no-data-disk")
     assert detached.returncode == 0, detached.stderr  # booted, and sshd answers
     # --wait: right after sshd answers, systemd may still be waiting out the missing disk's device timeout.
-    assert sh(blank, "lab1", "systemctl is-system-running --wait || true").strip() in ("running", "degraded")
-    assert sh(blank, "lab1", f"findmnt -n {MOUNT} || echo not-mounted").strip() == "not-mounted"
+    assert blank.sh("lab1", "systemctl is-system-running --wait || true").strip() in ("running", "degraded")
+    assert blank.sh("lab1", f"findmnt -n {MOUNT} || echo not-mounted").strip() == "not-mounted"
     reattached = blank.provision("lab", "restart", "lab1")
     assert reattached.returncode == 0
     assert mounted_uuid(blank, "lab1")

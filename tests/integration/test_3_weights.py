@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 from labtools import Lab, recap
-from test_2_disks import MOUNT, reset_disk, sh
+from test_2_disks import MOUNT, reset_disk
 
 from provision.lab.fileserver import Fault, FileServer, make_file
 from provision.weights import lockfile
@@ -101,7 +101,7 @@ def test_a_big_model_is_pulled_resumed_after_a_dropped_connection_and_then_left_
     assert re.search(
         r"big: model\.safetensors: no mirror served the locked file .*connection closed after 512\.0 MiB", out
     )
-    part = sh(lab, "lab1", f"stat -c %s {MOUNT}/big/model.safetensors.part").strip()
+    part = lab.sh("lab1", f"stat -c %s {MOUNT}/big/model.safetensors.part").strip()
     assert int(part) == HALF
     assert lab.ssh("lab1", f"test -e {MOUNT}/big/model.safetensors").returncode == 1, "nothing unverified in place"
 
@@ -111,7 +111,7 @@ def test_a_big_model_is_pulled_resumed_after_a_dropped_connection_and_then_left_
     assert [(r.range, r.status) for r in resumes] == [(f"bytes={HALF}-", 206)]
     assert "big/model.safetensors: from http://10.0.2.2:" in out and "(resumed at 512.0 MiB)" in out
     assert re.search(r"waiting\s+lab1\s+weights : Show the download progress: .* of 1\.0 GiB", out), "no progress"
-    owner = sh(lab, "lab1", f"stat -c '%U %a' {MOUNT}/big/model.safetensors {MOUNT}/big").split()
+    owner = lab.sh("lab1", f"stat -c '%U %a' {MOUNT}/big/model.safetensors {MOUNT}/big").split()
     assert owner == ["root", "644", "root", "755"]
 
     served.clear()
@@ -142,7 +142,7 @@ def test_a_corrupt_mirror_is_skipped_and_all_corrupt_mirrors_fail_the_host(
     assert f"from http://10.0.2.2:{served.port}/m2/tiny/config.json" in line
     assert f"rejected http://10.0.2.2:{served.port}/m1/tiny/config.json: sha256 " in line
 
-    sh(lab, "lab1", f"sudo rm {MOUNT}/tiny/tokenizer.json")
+    lab.sh("lab1", f"sudo rm {MOUNT}/tiny/tokenizer.json")
     for name in ("m1", "m2"):
         served.fault(name, "tiny/tokenizer.json", Fault(corrupt=True))
     rc, out = up(lab, inv)
@@ -167,7 +167,7 @@ def test_a_file_changed_on_disk_is_found_by_deep_verify_and_replaced_by_up(
     rc, out = up(lab, inv)
     assert rc == 0, out
     # Same size, same mtime: only the bytes (and the ctime, which nobody can set) differ.
-    sh(lab, "lab1", f"f={MOUNT}/tiny/config.json; t=$(stat -c %y $f); printf X | sudo dd of=$f bs=1 seek=10 "
+    lab.sh("lab1", f"f={MOUNT}/tiny/config.json; t=$(stat -c %y $f); printf X | sudo dd of=$f bs=1 seek=10 "
                     "conv=notrunc status=none; sudo touch -d \"$t\" $f")  # fmt: skip
     verify = lab.provision("weights", "verify", "-i", str(inv), "--limit", "lab1", "--deep")
     assert verify.returncode == 1, verify.stdout

@@ -66,13 +66,6 @@ class Lab3:
         )  # fmt: skip
 
 
-def sh(lab: Lab, command: str, stdin: str | None = None) -> str:
-    """Run a command on lab3 as the lab user (`provision lab ssh`), with stdin when given."""
-    proc = lab.provision("lab", "ssh", HOST, "--", command, stdin=stdin or "")
-    assert proc.returncode == 0, f"{HOST}: {command}: {proc.stderr}"
-    return proc.stdout
-
-
 def forward_web_port(lab: Lab) -> None:
     """Forward 127.0.0.1:FORWARD_PORT to lab3's WEB_PORT, arriving on its NIC (so INPUT rules apply)."""
     with qmp(lab.state / "hosts" / HOST / "qmp.sock") as monitor:
@@ -95,7 +88,7 @@ def web_reachable() -> bool:
 
 
 def start_web_server(lab: Lab) -> None:
-    sh(lab, f"sudo systemd-run --unit lab-web --quiet python3 -m http.server {WEB_PORT} --directory /tmp || true")
+    lab.sh(HOST, f"sudo systemd-run --unit lab-web --quiet python3 -m http.server {WEB_PORT} --directory /tmp || true")
 
 
 @pytest.fixture(scope="module")
@@ -108,9 +101,9 @@ def lab3(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab3]:
     )  # fmt: skip
     port = yaml.safe_load((work / "lab-hosts.yml").read_text())["all"]["children"]["lab"]["hosts"][HOST]["ansible_port"]
     password = "pw-" + secrets.token_urlsafe(18)
-    sh(lab, "sudo chpasswd", stdin=f"root:{password}\n")
-    sh(
-        lab,
+    lab.sh(HOST, "sudo chpasswd", stdin=f"root:{password}\n")
+    lab.sh(
+        HOST,
         "printf 'PasswordAuthentication yes\\nPermitRootLogin yes\\n'"
         " | sudo tee /etc/ssh/sshd_config.d/50-cloud-init.conf >/dev/null"
         " && sudo rm -f /root/.ssh/authorized_keys && sudo systemctl reload ssh",
@@ -182,7 +175,7 @@ def test_bootstrap_errors_are_one_line(lab3: Lab3, tmp_path: Path) -> None:
 def test_up_hardens_ssh_and_opens_the_port_keeping_oci_rules(lab3: Lab3) -> None:
     forward_web_port(lab3.lab)
     start_web_server(lab3.lab)
-    instance_services = sh(lab3.lab, "sudo iptables -S InstanceServices")
+    instance_services = lab3.lab.sh(HOST, "sudo iptables -S InstanceServices")
     assert "--dport 3260" in instance_services
     assert not web_reachable(), "the OCI-style REJECT should block the web port before the role"
 
@@ -198,20 +191,20 @@ def test_up_hardens_ssh_and_opens_the_port_keeping_oci_rules(lab3: Lab3) -> None
         # Password logins are gone (cloud-init's drop-in still says yes: ours sorts first), keys work.
         assert not {"password", "keyboard-interactive"} & set(password_login_offered("127.0.0.1", lab3.port, "root"))
         assert lab3.admin_ssh("true").returncode == 0
-        effective = sh(lab3.lab, "sudo sshd -T -C user=root,host=x,addr=10.0.2.2")
+        effective = lab3.lab.sh(HOST, "sudo sshd -T -C user=root,host=x,addr=10.0.2.2")
         assert "passwordauthentication no" in effective and "permitrootlogin without-password" in effective
         assert "allowtcpforwarding no" in effective
-        tunnel = sh(lab3.lab, "sudo sshd -T -C user=tunnel,host=x,addr=10.0.2.2")
+        tunnel = lab3.lab.sh(HOST, "sudo sshd -T -C user=tunnel,host=x,addr=10.0.2.2")
         assert "allowtcpforwarding yes" in tunnel
 
         # The port is open, inserted before the REJECT, InstanceServices untouched, persisted in rules.v4.
         assert web_reachable()
-        assert sh(lab3.lab, "sudo iptables -S InstanceServices") == instance_services
-        rules = sh(lab3.lab, "sudo cat /etc/iptables/rules.v4").splitlines()
+        assert lab3.lab.sh(HOST, "sudo iptables -S InstanceServices") == instance_services
+        rules = lab3.lab.sh(HOST, "sudo cat /etc/iptables/rules.v4").splitlines()
         ours = f"-A INPUT -p tcp -m state --state NEW -m tcp --dport {WEB_PORT} -j ACCEPT"
         reject = "-A INPUT -j REJECT --reject-with icmp-host-prohibited"
         assert rules.index(ours) == rules.index(reject) - 1
-        live = sh(lab3.lab, "sudo iptables -S INPUT").splitlines()
+        live = lab3.lab.sh(HOST, "sudo iptables -S INPUT").splitlines()
         assert live.index(ours) == live.index(reject) - 1
 
         smoke = lab3.lab.provision("test", "-i", str(lab3.inventory), "-k", "ssh or login or firewall or selinux")
@@ -223,11 +216,11 @@ def test_up_hardens_ssh_and_opens_the_port_keeping_oci_rules(lab3: Lab3) -> None
 
 
 def test_firewall_rules_survive_a_reboot(lab3: Lab3) -> None:
-    before = sh(lab3.lab, "sudo iptables -S")
+    before = lab3.lab.sh(HOST, "sudo iptables -S")
     lab3.lab.provision("lab", "restart", HOST, check=True)
     forward_web_port(lab3.lab)
     start_web_server(lab3.lab)
-    assert sh(lab3.lab, "sudo iptables -S") == before
+    assert lab3.lab.sh(HOST, "sudo iptables -S") == before
     deadline = time.monotonic() + 20
     while not web_reachable() and time.monotonic() < deadline:
         time.sleep(1)
@@ -235,18 +228,18 @@ def test_firewall_rules_survive_a_reboot(lab3: Lab3) -> None:
 
 
 def test_broken_sshd_setting_is_refused_and_the_config_kept(lab3: Lab3) -> None:
-    before = sh(lab3.lab, "sudo sha256sum /etc/ssh/sshd_config /etc/ssh/sshd_config.d/*")
+    before = lab3.lab.sh(HOST, "sudo sha256sum /etc/ssh/sshd_config /etc/ssh/sshd_config.d/*")
     proc = lab3.up("-e", "@" + str(write_vars(lab3.work / "broken.yml", {"ssh_settings": {"MaxAuthTries": "many"}})))
     assert proc.returncode == 1
     dropin = "/etc/ssh/sshd_config.d/10-provision.conf"
     kept = f"Kept the previous sshd config: sshd -t rejected the new {dropin} (check ssh_settings): {dropin}"
     assert kept in proc.stdout
-    assert sh(lab3.lab, "sudo sha256sum /etc/ssh/sshd_config /etc/ssh/sshd_config.d/*") == before
+    assert lab3.lab.sh(HOST, "sudo sha256sum /etc/ssh/sshd_config /etc/ssh/sshd_config.d/*") == before
     assert lab3.admin_ssh("true").returncode == 0
 
 
 def test_lockout_after_reload_restores_the_old_config(lab3: Lab3) -> None:
-    before = sh(lab3.lab, "sudo sha256sum /etc/ssh/sshd_config /etc/ssh/sshd_config.d/*")
+    before = lab3.lab.sh(HOST, "sudo sha256sum /etc/ssh/sshd_config /etc/ssh/sshd_config.d/*")
     stranger = lab3.work / "stranger"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(stranger)], check=True)
     # A valid change, then a probe with a key the host does not know: what a lockout looks like from here.
@@ -254,8 +247,8 @@ def test_lockout_after_reload_restores_the_old_config(lab3: Lab3) -> None:
     proc = lab3.up("-e", "@" + str(write_vars(lab3.work / "lockout.yml", settings)))
     assert proc.returncode == 1
     assert "Kept the previous sshd config: lockout guard: after reloading sshd with the new config" in proc.stdout
-    assert sh(lab3.lab, "sudo sha256sum /etc/ssh/sshd_config /etc/ssh/sshd_config.d/*") == before
-    assert "clientaliveinterval 0" in sh(lab3.lab, "sudo sshd -T -C user=root,host=x,addr=10.0.2.2")
+    assert lab3.lab.sh(HOST, "sudo sha256sum /etc/ssh/sshd_config /etc/ssh/sshd_config.d/*") == before
+    assert "clientaliveinterval 0" in lab3.lab.sh(HOST, "sudo sshd -T -C user=root,host=x,addr=10.0.2.2")
     assert lab3.admin_ssh("true").returncode == 0
 
 

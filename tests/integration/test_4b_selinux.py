@@ -34,10 +34,8 @@ class Lab4:
     lab: Lab
     inventory: Path
 
-    def sh(self, command: str, stdin: str | None = None) -> str:
-        proc = self.lab.provision("lab", "ssh", SE_HOST, "--", command, stdin=stdin or "")
-        assert proc.returncode == 0, f"{SE_HOST}: {command}: {proc.stderr}"
-        return proc.stdout
+    def sh(self, command: str, stdin: str = "") -> str:
+        return self.lab.sh(SE_HOST, command, stdin=stdin)
 
     def start_upstream(self) -> None:
         self.sh(f"sudo systemd-run --unit lab-upstream --quiet python3 -m http.server {UPSTREAM_PORT} --directory /tmp"

@@ -26,14 +26,8 @@ DIRECT = "http://127.0.0.1:8000"
 TAGS = "container_runtime,inference,nginx"
 
 
-def sh(lab: Lab, host: str, command: str) -> str:
-    proc = lab.ssh(host, command)
-    assert proc.returncode == 0, f"{host}: {command}: {proc.stdout}{proc.stderr}"
-    return proc.stdout
-
-
 def client(lab: Lab, host: str, *args: str) -> dict:
-    return json.loads(sh(lab, host, f"python3 {CLIENT} {' '.join(args)}").strip().splitlines()[-1])
+    return json.loads(lab.sh(host, f"python3 {CLIENT} {' '.join(args)}").strip().splitlines()[-1])
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +47,7 @@ def serving(lab: Lab, docker_host: str, tmp_path_factory: pytest.TempPathFactory
     }
     (inventory / "serving.yml").write_text(yaml.safe_dump(groups))
     script = base64.b64encode((ROOT / "provision/smoke/llm_client.py").read_bytes()).decode()
-    sh(lab, docker_host, f"echo {script} | base64 -d > {CLIENT}")
+    lab.sh(docker_host, f"echo {script} | base64 -d > {CLIENT}")
     return inventory, docker_host
 
 
@@ -76,12 +70,12 @@ def test_first_run_serves_and_second_changes_nothing(converged: tuple, serving: 
 
 def test_units_run_and_nginx_is_not_root(lab: Lab, converged: tuple, serving: tuple[Path, str]) -> None:
     host = serving[1]
-    assert sh(lab, host, "systemctl is-active inference-1 inference-2 nginx docker").split() == ["active"] * 4
-    assert sh(lab, host, "systemctl is-enabled inference-1 inference-2").split() == ["enabled"] * 2
-    workers = sh(lab, host, "ps -o user= -C nginx").split()
+    assert lab.sh(host, "systemctl is-active inference-1 inference-2 nginx docker").split() == ["active"] * 4
+    assert lab.sh(host, "systemctl is-enabled inference-1 inference-2").split() == ["enabled"] * 2
+    workers = lab.sh(host, "ps -o user= -C nginx").split()
     assert workers.count("root") == 1 and "www-data" in workers  # the master binds the port, workers serve
-    assert sh(lab, host, "sudo stat -c %a /etc/provision/inference.env").strip() == "600"
-    assert "--ipc=host" in sh(lab, host, "cat /etc/systemd/system/inference-1.service")
+    assert lab.sh(host, "sudo stat -c %a /etc/provision/inference.env").strip() == "600"
+    assert "--ipc=host" in lab.sh(host, "cat /etc/systemd/system/inference-1.service")
 
 
 def test_tokens_stream_through_nginx_as_fast_as_direct(lab: Lab, converged: tuple, serving: tuple[Path, str]) -> None:
@@ -113,22 +107,21 @@ def test_websocket_echo_through_nginx(lab: Lab, converged: tuple, serving: tuple
 
 def test_requests_are_spread_over_both_replicas(lab: Lab, converged: tuple, serving: tuple[Path, str]) -> None:
     host = serving[1]
-    sh(lab, host, "sudo truncate -s 0 /var/log/nginx/access.log")
+    lab.sh(host, "sudo truncate -s 0 /var/log/nginx/access.log")
     result = client(
         lab, host, "load", NGINX, "--seconds", "20", "--requests", "40", "--concurrency", "4", "--tokens", "1"
     )
     assert result["ok"] == 40 and result["errors"] == 0, result
-    log = sh(lab, host, "sudo cat /var/log/nginx/access.log")
+    log = lab.sh(host, "sudo cat /var/log/nginx/access.log")
     assert "upstream=127.0.0.1:8000 " in log and "upstream=127.0.0.1:8001 " in log, log
 
 
 def test_stopping_a_replica_loses_no_request(lab: Lab, converged: tuple, serving: tuple[Path, str]) -> None:
     host = serving[1]
-    before = sh(lab, host, "systemctl show -p NRestarts --value inference-1").strip()
+    before = lab.sh(host, "systemctl show -p NRestarts --value inference-1").strip()
     # Non-streamed completions for 12 s from 4 connections; one replica is stopped 4 s in.
     load = f"python3 {CLIENT} load {NGINX} --seconds 12 --requests 100000 --concurrency 4 --tokens 2"
-    output = sh(
-        lab,
+    output = lab.sh(
         host,
         f"{load} > /tmp/load.json & sleep 4; sudo docker stop inference-1 >/dev/null; wait; cat /tmp/load.json",
     )
@@ -136,7 +129,7 @@ def test_stopping_a_replica_loses_no_request(lab: Lab, converged: tuple, serving
     assert result["ok"] > 20 and result["errors"] == 0, result
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        restarted = sh(lab, host, "systemctl show -p NRestarts --value inference-1").strip()
+        restarted = lab.sh(host, "systemctl show -p NRestarts --value inference-1").strip()
         healthy = lab.ssh(host, f"python3 {CLIENT} complete {DIRECT} --tokens 1").returncode == 0
         if restarted != before and healthy:
             break
@@ -149,7 +142,7 @@ def test_invalid_nginx_config_never_replaces_the_live_one(
     lab: Lab, converged: tuple, serving: tuple[Path, str]
 ) -> None:
     inventory, host = serving
-    live = sh(lab, host, "sha256sum /etc/nginx/nginx.conf")
+    live = lab.sh(host, "sha256sum /etc/nginx/nginx.conf")
     host_vars = inventory / "host_vars"
     host_vars.mkdir(exist_ok=True)
     (host_vars / f"{host}.yml").write_text(yaml.safe_dump({"nginx_extra_server_directives": ["no_such_directive on;"]}))
@@ -159,7 +152,7 @@ def test_invalid_nginx_config_never_replaces_the_live_one(
         (host_vars / f"{host}.yml").unlink()
     assert bad.returncode != 0
     assert 'unknown directive "no_such_directive"' in bad.stdout + bad.stderr
-    assert sh(lab, host, "sha256sum /etc/nginx/nginx.conf") == live
+    assert lab.sh(host, "sha256sum /etc/nginx/nginx.conf") == live
     assert client(lab, host, "complete", NGINX, "--tokens", "1")["status"] == 200
 
 
@@ -178,8 +171,8 @@ def test_a_deploy_that_never_gets_healthy_is_rolled_back(lab: Lab, converged: tu
     assert failed.returncode != 0
     assert "inference deploy failed" in output and "failing on purpose" in output, output  # the container's log
     for unit in ("inference-1", "inference-2"):
-        assert "--fail-health" not in sh(lab, host, f"cat /etc/systemd/system/{unit}.service")
-    assert not sh(lab, host, "ls /etc/systemd/system/ | grep '~$' || true").strip(), "backups left behind"
+        assert "--fail-health" not in lab.sh(host, f"cat /etc/systemd/system/{unit}.service")
+    assert not lab.sh(host, "ls /etc/systemd/system/ | grep '~$' || true").strip(), "backups left behind"
     deadline = time.monotonic() + 60
     while lab.ssh(host, f"python3 {CLIENT} complete http://127.0.0.1:8000 --tokens 1").returncode != 0:
         assert time.monotonic() < deadline, "the restored replica did not serve again"
