@@ -8,6 +8,7 @@ directory, apart from any lab the user runs, on ports of its own.  Image and tem
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -52,21 +53,32 @@ def converged(lab: Lab) -> tuple[subprocess.CompletedProcess[str], subprocess.Co
 
 
 @pytest.fixture(scope="session")
-def docker_host(lab: Lab) -> str:
+def docker_host(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> str:
     """A lab VM of the docker flavor, started next to whatever the session lab already runs.
 
-    `lab up --hosts N` keeps running hosts, so asking for one more than are running starts exactly one new VM,
-    whatever other test modules added before (a selinux host, say).  The shared inventory lists it too.
+    Other modules start hosts of their own flavors (test_4: lab3, oci; test_4b: lab4, selinux) and keep them out
+    of the session inventory, so the next free name comes from `lab status`, not from that inventory.  `lab up
+    --hosts N` keeps running hosts and starts the missing ones of lab1..labN: N one past the highest lab host
+    starts exactly one new VM.  Only that host is added to the session inventory.
     """
     hosts_file = lab.inventory / "hosts.yml"
-    running = yaml.safe_load(hosts_file.read_text())["all"]["children"]["lab"]["hosts"]
+    text = hosts_file.read_text()
+    inventory = yaml.safe_load(text)
+    running = inventory["all"]["children"]["lab"]["hosts"]
     for name, hostvars in running.items():
         if hostvars.get("lab_flavor") == "docker":
             return str(name)
+    listed = lab.provision("lab", "status", check=True).stdout
+    index = max(int(n) for n in re.findall(r"^lab(\d+)\s", listed, re.M)) + 1
+    name = f"lab{index}"
+    started = tmp_path_factory.mktemp("docker") / "lab-hosts.yml"
     lab.provision(
-        "lab", "up", "--hosts", str(len(running) + 1), "--flavor", "docker", "--base-port", str(BASE_PORT),
-        "--inventory-out", str(hosts_file), check=True,
+        "lab", "up", "--hosts", str(index), "--flavor", "docker", "--base-port", str(BASE_PORT),
+        "--inventory-out", str(started), check=True,
     )  # fmt: skip
-    now = yaml.safe_load(hosts_file.read_text())["all"]["children"]["lab"]["hosts"]
-    (name,) = [n for n, v in now.items() if n not in running and v.get("lab_flavor") == "docker"]
-    return str(name)
+    hostvars = yaml.safe_load(started.read_text())["all"]["children"]["lab"]["hosts"][name]
+    assert hostvars["lab_flavor"] == "docker", f"{name} was already running, as {hostvars['lab_flavor']}"
+    running[name] = hostvars
+    header = "".join(line for line in text.splitlines(keepends=True) if line.startswith("#"))
+    hosts_file.write_text(header + yaml.safe_dump(inventory, sort_keys=False))
+    return name
