@@ -1,5 +1,6 @@
 """The smoke suite's checks must be able to fail: run them on this machine against a fake /etc/apt."""
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,3 +101,28 @@ def test_sshd_checks() -> None:
 
 def test_python_check_runs_on_this_machine(local: Any) -> None:
     assert checks.python_problems(local) == []
+
+
+def test_serving_checks_are_left_out_not_skipped_on_hosts_outside_their_group(tmp_path: Path) -> None:
+    """`provision test` on a whole inventory must report nothing skipped: hosts the serving plays leave alone
+    do not get the serving checks at all, members of each group get that group's check."""
+    import subprocess
+    import sys
+
+    from provision import smoke
+    from provision.tools import ansible_env
+
+    inventory = tmp_path / "hosts.yml"
+    inventory.write_text(
+        "all:\n  hosts:\n    plain1: {ansible_connection: local}\n  children:\n"
+        "    inference:\n      hosts:\n        served1: {ansible_connection: local}\n"
+        "    gateway:\n      hosts:\n        gate1: {ansible_connection: local}\n"
+    )
+    argv = [sys.executable, "-m", "pytest", str(Path(smoke.__file__).parent), "-p", "no:cacheprovider", "-q"]
+    argv += ["--collect-only", "--hosts=ansible://all", f"--ansible-inventory={inventory}", "-k", "serving"]
+    proc = subprocess.run(argv, env={**os.environ, **ansible_env()}, capture_output=True, text=True, check=False)
+    collected = sorted(line.split("/smoke/", 1)[-1] for line in proc.stdout.splitlines() if "::" in line)
+    assert collected == [
+        "test_serving.py::test_every_replica_runs_and_answers[ansible://served1]",
+        "test_serving.py::test_gateway_config_valid_and_streams_unbuffered[ansible://gate1]",
+    ], proc.stdout + proc.stderr
