@@ -248,7 +248,7 @@ def _connect_once(request: BootstrapRequest, log: Callable[[str], None]) -> para
     client = paramiko.SSHClient()
     if request.host_key_policy != "no" and request.known_hosts.exists():
         client.load_host_keys(str(request.known_hosts))
-    client.set_missing_host_key_policy(_HostKeyPolicy(request, log))  # type: ignore[arg-type]
+    client.set_missing_host_key_policy(_HostKeyPolicy(request, log))
     where = request.target
     try:
         client.connect(
