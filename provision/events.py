@@ -3,6 +3,7 @@
 Pure functions: an event dict in, a line (or nothing) out. The CLI decides about colour.
 """
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -25,7 +26,8 @@ _RESULT_STATUS = {
     "runner_item_on_failed": "failed",
     "runner_item_on_skipped": "skipped",
     "runner_on_async_poll": "polling",
-    # An `until` loop's attempt: our modules put a progress line (bytes, rate, ETA) in `summary`.
+    # An `until` loop's attempt: our modules put a progress line (bytes, rate, ETA) in `summary`, or a raw
+    # poll prints the JSON progress file they write, which has a `summary` too.
     "runner_retry": "waiting",
     # runner_on_async_ok/failed are followed by a runner_on_ok/failed for the same task: shown once.
 }
@@ -69,11 +71,21 @@ def event_line(event: Mapping[str, Any], host_width: int = 0) -> Line | None:
             text += f": {message}"
         if status == "failed":
             text = text.rstrip() + "".join(f"\n      | {line}" for line in failure_details(res))
-    elif res.get("summary") and not censored:
+    elif (summary := res.get("summary") or (status == "waiting" and _polled_summary(res))) and not censored:
         # A module's own account of what it did: the first line on the task's line, details indented below.
-        first, *details = [line.strip() for line in str(res["summary"]).splitlines() if line.strip()]
+        first, *details = [line.strip() for line in str(summary).splitlines() if line.strip()]
         text += f": {first}" + "".join(f"\n      {line}" for line in details)
     return Line(status, text.rstrip())
+
+
+def _polled_summary(res: Mapping[str, Any]) -> str:
+    """The `summary` of a JSON progress file a raw poll printed as its first line, or ""."""
+    first = (str(res.get("stdout") or "").strip().splitlines() or [""])[0]
+    try:
+        state = json.loads(first)
+    except ValueError:
+        return ""
+    return str(state.get("summary") or "") if isinstance(state, dict) else ""
 
 
 def _item_label(res: Mapping[str, Any]) -> str:

@@ -1,5 +1,6 @@
 """Runner events become one readable line each; no_log results never show their contents."""
 
+import json
 from typing import Any
 
 from provision import events
@@ -73,6 +74,14 @@ def test_a_retry_shows_the_modules_progress_line() -> None:
         "  waiting      lab1  base : Write package mirror sources: "
         "512.0 MiB of 1.0 GiB (50%), 0/3 files, 80.0 MiB/s, ETA 6s"
     )
+
+
+def test_a_raw_poll_shows_the_summary_of_the_progress_file_it_printed() -> None:
+    state = {"done": 1, "total": 2, "summary": "1.0 GiB of 2.0 GiB (50%), 0/1 files, 20.0 MiB/s, ETA 51s"}
+    ev = event("runner_retry", {"stdout": json.dumps(state) + "\r\npull: running\r\n", "attempts": 2})
+    assert text(ev).endswith("Write package mirror sources: 1.0 GiB of 2.0 GiB (50%), 0/1 files, 20.0 MiB/s, ETA 51s")
+    plain = event("runner_retry", {"stdout": "not json\n", "attempts": 2})
+    assert text(plain).endswith("Write package mirror sources")
 
 
 def test_a_modules_summary_shows_its_details_indented_below_the_task() -> None:

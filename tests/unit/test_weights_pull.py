@@ -192,15 +192,11 @@ def test_the_token_is_sent_but_never_shown(server: FileServer, tmp_path: Path) -
     assert all(r.authorization == f"Bearer {secret}" for r in server.requests())
 
 
-def test_progress_mode_reports_a_finished_job(tmp_path: Path) -> None:
-    (tmp_path / "progress.json").write_text(json.dumps({"done": 512 << 20, "total": 1 << 30, "rate": 80 << 20,
-                                                         "eta": 6.4, "files_done": 0, "files": 3}))  # fmt: skip
-    (tmp_path / "job").write_text(json.dumps({"started": 1, "finished": 0}))
-    rc, result = run(tmp_path, [], mode="progress", job_file=str(tmp_path / "job"))
-    assert rc == 0 and not result["finished"]
-    assert result["summary"] == "512.0 MiB of 1.0 GiB (50%), 0/3 files, 80.0 MiB/s, ETA 6s"
-    (tmp_path / "job").write_text(json.dumps({"changed": True, "ansible_job_id": "1"}))
-    assert run(tmp_path, [], mode="progress", job_file=str(tmp_path / "job"))[1]["finished"]
+def test_the_progress_file_carries_the_line_the_controller_shows(server: FileServer, tmp_path: Path) -> None:
+    rc, _ = run(tmp_path, [model(server, tmp_path / "tiny")])
+    state = json.loads((tmp_path / "progress.json").read_text())
+    assert rc == 0 and state["finished"]
+    assert state["summary"].startswith("24.0 MiB of 24.0 MiB (100%), 3/3 files, "), state
 
 
 def test_downloads_go_through_the_configured_proxy(server: FileServer, tmp_path: Path) -> None:
