@@ -3,12 +3,14 @@
 This is the only module that imports ansible_runner, and it does so inside run().
 """
 
+import contextlib
 import os
 import shlex
 import shutil
 import signal
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -144,7 +146,7 @@ def run(request: RunRequest, on_event: Callable[[dict[str, Any]], None]) -> RunR
             verbosity=request.verbosity or None,
             quiet=True,
             event_handler=handle_event,
-            cancel_callback=lambda: interrupted,
+            cancel_callback=lambda: interrupted and _stop_playbooks(),
             # ansible-runner would point the jsonfile fact cache into this temporary dir; leave the
             # cache to ansible.cfg so facts survive between runs.
             fact_cache_type="ansible.cfg",
@@ -168,6 +170,40 @@ def run(request: RunRequest, on_event: Callable[[dict[str, Any]], None]) -> RunR
         stats=stats,
         artifacts_dir=private_data_dir if request.keep_artifacts else None,
     )
+
+
+def _stop_playbooks(grace: float = 5.0) -> bool:
+    """SIGTERM the ansible-playbook processes we started, and wait (up to `grace` s) for them to exit.
+
+    ansible-runner cancels with SIGKILL to the process group, but ansible-core's workers each run in a
+    session of their own (setsid), so a running task would outlive the cancel; on SIGTERM ansible-playbook
+    stops its workers itself.  Returns True: the run is to be cancelled either way.
+    """
+    me = str(os.getpid())
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
+        except (OSError, ValueError):
+            continue
+        if stat.rsplit(")", 1)[-1].split()[1] == me and b"ansible-playbook" in cmdline:
+            pids.append(int(entry.name))
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while pids and time.monotonic() < deadline:
+        pids = [pid for pid in pids if Path(f"/proc/{pid}").exists() and "Z" not in _state(pid)]
+        time.sleep(0.1)
+    return True
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0]
+    except OSError:
+        return "Z"
 
 
 def outcome(result: RunResult) -> ExitCode:

@@ -186,3 +186,16 @@ def test_ctrl_c_cancels_the_run_and_restores_the_handler(project: Path, local_in
     assert result.status == "canceled"
     assert runner.outcome(result) is ExitCode.INTERRUPTED
     assert signal.getsignal(signal.SIGINT) is before
+    time.sleep(1)
+    survivors = [
+        pid for pid in os.listdir("/proc")
+        if pid.isdigit() and str(local_inventory).encode() in _cmdline(pid)
+    ]  # fmt: skip
+    assert not survivors, f"processes of the cancelled run are still running: {survivors}"
+
+
+def _cmdline(pid: str) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
