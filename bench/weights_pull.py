@@ -97,8 +97,9 @@ def main() -> None:
                     env,
                 )
                 fetched, hashed_ns = out.split()
-                curl.append(size / float(fetched.replace(",", ".")))
-                curl_sha.append(size / (float(fetched.replace(",", ".")) + int(hashed_ns) / 1e9))
+                curl_seconds = float(fetched.replace(",", "."))
+                curl.append(size / curl_seconds)
+                curl_sha.append(size / (curl_seconds + int(hashed_ns) / 1e9))
                 local_ours.append(local_pull(tmp, lock, server.port))
                 local_curl.append(local_curl_o(tmp, server.port))
                 print(

@@ -182,28 +182,31 @@ def _stop_playbooks(grace: float = 5.0) -> bool:
     me = str(os.getpid())
     pids = []
     for entry in Path("/proc").iterdir():
-        try:
-            stat = (entry / "stat").read_text()
-            cmdline = (entry / "cmdline").read_bytes()
-        except (OSError, ValueError):
+        if not entry.name.isdigit():
             continue
-        if stat.rsplit(")", 1)[-1].split()[1] == me and b"ansible-playbook" in cmdline:
+        fields = _stat_fields(int(entry.name))
+        try:
+            ours = fields[1] == me and b"ansible-playbook" in (entry / "cmdline").read_bytes()
+        except (OSError, IndexError):
+            continue
+        if ours:
             pids.append(int(entry.name))
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + grace
     while pids and time.monotonic() < deadline:
-        pids = [pid for pid in pids if Path(f"/proc/{pid}").exists() and "Z" not in _state(pid)]
+        pids = [pid for pid in pids if _stat_fields(pid)[:1] not in ([], ["Z"])]  # gone, or a zombie
         time.sleep(0.1)
     return True
 
 
-def _state(pid: int) -> str:
+def _stat_fields(pid: int) -> list[str]:
+    """/proc/PID/stat after the command name: [state, ppid, ...]; [] when the process is gone."""
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0]
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[-1].split()
     except OSError:
-        return "Z"
+        return []
 
 
 def outcome(result: RunResult) -> ExitCode:

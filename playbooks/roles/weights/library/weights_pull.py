@@ -336,7 +336,7 @@ class Puller:
                 if resumed:
                     fh.seek(have)
                     fh.truncate()
-                sink = Hasher(hasher)
+                hashing = Hasher(hasher)
                 buffers = [bytearray(CHUNK) for _ in range(6)]
                 turn = 0
                 try:
@@ -356,10 +356,10 @@ class Puller:
                         fh.write(block)
                         # No copy: with 6 buffers and at most 4 queued, the hasher is done with this one
                         # before readinto() comes back to it.
-                        sink.put(block)
+                        hashing.put(block)
                         self.progress.add(n)
                 finally:
-                    sink.close()
+                    hashing.close()
                     fh.flush()
                     os.fsync(fh.fileno())
             if got < f["size"]:
