@@ -6,6 +6,8 @@ from collections.abc import Mapping
 from typing import Any
 
 SSHD = "/usr/sbin/sshd"
+GETENFORCE = "/usr/sbin/getenforce"
+GETSEBOOL = "/usr/sbin/getsebool"
 PASSWORD_METHODS = ("password", "keyboard-interactive")
 
 
@@ -54,9 +56,10 @@ def key_login_problems(argv: list[str]) -> list[str]:
 
 
 def selinux_problems(host: Any, state: str, booleans: list[dict[str, Any]]) -> list[str]:
-    if not host.exists("getenforce"):
+    # Full paths: /usr/sbin is not on a non-root login's PATH on Debian, and a miss here would pass vacuously.
+    if not host.file(GETENFORCE).exists:
         return []
-    mode = host.run("getenforce").stdout.strip().lower()
+    mode = host.run(GETENFORCE).stdout.strip().lower()
     if mode == "disabled":
         return []
     problems = []
@@ -64,10 +67,22 @@ def selinux_problems(host: Any, state: str, booleans: list[dict[str, Any]]) -> l
         problems.append(f"SELinux is {mode}, selinux_state asks for {state}")
     for boolean in booleans:
         want = "on" if boolean["state"] else "off"
-        got = host.run(f"getsebool {shlex.quote(boolean['name'])}").stdout.strip().rsplit(" ", 1)[-1]
+        got = host.run(f"{GETSEBOOL} {shlex.quote(boolean['name'])}").stdout.strip().rsplit(" ", 1)[-1]
         if got != want:
             problems.append(f"SELinux boolean {boolean['name']} is {got or 'unknown'}, expected {want}")
     return problems
+
+
+def firewall_ports(hostvars: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """firewall_ports plus, on gateway hosts, nginx's ports: what the firewall role opens besides sshd's port."""
+    ports = list(hostvars.get("firewall_ports") or [])
+    if hostvars.get("firewall_open_gateway", True) and "gateway" in (hostvars.get("group_names") or []):
+        listed = {int(p["port"]) for p in ports}
+        nginx = [int(hostvars.get("nginx_port") or 80)]
+        if hostvars.get("nginx_tls"):
+            nginx.append(int(hostvars.get("nginx_tls_port") or 443))
+        ports += [{"port": port} for port in dict.fromkeys(nginx) if port not in listed]
+    return ports
 
 
 def iptables_rule(port: Mapping[str, Any]) -> str:

@@ -31,6 +31,6 @@ def test_selinux_as_configured(host: Any, provision_vars: dict[str, Any]) -> Non
 def test_firewall_ports_open(host: Any, provision_vars: dict[str, Any]) -> None:
     if str(provision_vars.get("firewall_mode")) == "none":
         pytest.skip("firewall_mode is none: the cloud's security list is the only firewall")
-    ports = list(provision_vars.get("firewall_ports") or [])
+    ports = sec.firewall_ports(provision_vars)
     rules_file = str(provision_vars.get("firewall_iptables_rules_file") or "/etc/iptables/rules.v4")
     assert sec.firewall_problems(host, ports, rules_file) == []

@@ -36,3 +36,12 @@ def test_key_login_argv_uses_no_shared_connection_and_the_inventory_args() -> No
     assert argv[:7] == ["ssh", "-o", "ControlMaster=no", "-o", "ControlPath=none", "-o", "BatchMode=yes"]
     assert "UserKnownHostsFile=/a b/kh" in argv and argv[argv.index("-p") : argv.index("-p") + 2] == ["-p", "2203"]
     assert argv[-2:] == ["ops@127.0.0.1", "true"]
+
+
+def test_gateway_hosts_also_check_nginx_ports() -> None:
+    gateway = {"group_names": ["inference", "gateway"], "firewall_ports": [{"port": 9100}], "nginx_port": 8080}
+    assert [p["port"] for p in sec.firewall_ports(gateway)] == [9100, 8080]
+    tls = {**gateway, "nginx_tls": True, "nginx_tls_port": 8443, "firewall_ports": [{"port": 8080}]}
+    assert [p["port"] for p in sec.firewall_ports(tls)] == [8080, 8443]
+    assert [p["port"] for p in sec.firewall_ports({**gateway, "firewall_open_gateway": False})] == [9100]
+    assert [p["port"] for p in sec.firewall_ports({**gateway, "group_names": ["inference"]})] == [9100]
