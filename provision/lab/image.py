@@ -113,9 +113,11 @@ SELINUX_SETUP = r"""
 sed -i 's/^SELINUX=.*/SELINUX=permissive/' /etc/selinux/config
 # Label the whole tree now: mkfs.ext4 -d copies the security.selinux attributes into the image.
 setfiles -F -e /proc -e /sys -e /dev -e /run /etc/selinux/default/contexts/files/file_contexts /
-# What lab-personalize writes on each clone (host keys, the lab key) must carry sshd's labels too, or sshd
-# could not read them once a test switches to enforcing.
-printf '%s\n' 'restorecon -R /etc/ssh "$home/.ssh"' >> /usr/local/sbin/lab-personalize
+# What lab-personalize writes on each clone must carry the policy's labels too: host keys and the lab key
+# (or sshd could not read them once a test switches to enforcing), and the new machine-id, hostname and hosts
+# (systemd-networkd, denied the machine-id, would get no address after an enforcing reboot).
+printf '%s\n' 'restorecon -R /etc/ssh "$home/.ssh" /etc/machine-id /etc/hostname /etc/hosts' \
+    >> /usr/local/sbin/lab-personalize
 """
 
 
