@@ -28,6 +28,7 @@ from provision.lab.qemu import qmp
 HOST = "lab3"
 ADMIN = "ops"
 WEB_PORT = 8080
+EXTRA_PORT = 9100
 FORWARD_PORT = BASE_PORT + 80  # host side of an extra forward to lab3's WEB_PORT
 
 
@@ -51,8 +52,8 @@ class Lab3:
         self.outputs.append(proc.stdout + proc.stderr)
         return proc
 
-    def up(self, *more: str) -> subprocess.CompletedProcess[str]:
-        proc = self.lab.provision("up", "-i", str(self.inventory), "--tags", "ssh,firewall", *more)
+    def up(self, *more: str, tags: str = "ssh,firewall") -> subprocess.CompletedProcess[str]:
+        proc = self.lab.provision("up", "-i", str(self.inventory), "--tags", tags, *more)
         self.outputs.append(proc.stdout + proc.stderr)
         return proc
 
@@ -113,7 +114,8 @@ def lab3(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab3]:
     inventory = work / "inventory" / "hosts.yml"
     inventory.parent.mkdir()
     config = {
-        "firewall_ports": [{"port": WEB_PORT}],
+        "firewall_ports": [{"port": EXTRA_PORT}],
+        "nginx_port": WEB_PORT,  # lab3 joins the gateway group: the firewall role opens nginx's port too
         "ssh_tunnel_users": ["tunnel"],
         "ssh_allow_tcp_forwarding": "no",
     }
@@ -173,11 +175,21 @@ def test_bootstrap_errors_are_one_line(lab3: Lab3, tmp_path: Path) -> None:
 
 
 def test_up_hardens_ssh_and_opens_the_port_keeping_oci_rules(lab3: Lab3) -> None:
+    hosts = yaml.safe_load(lab3.inventory.read_text())
+    hosts["all"].setdefault("children", {})["gateway"] = {"hosts": {HOST: None}}
+    lab3.inventory.write_text(yaml.safe_dump(hosts))
     forward_web_port(lab3.lab)
     start_web_server(lab3.lab)
     instance_services = lab3.lab.sh(HOST, "sudo iptables -S InstanceServices")
     assert "--dport 3260" in instance_services
     assert not web_reachable(), "the OCI-style REJECT should block the web port before the role"
+
+    # Check mode on the fresh host: says what would change, changes nothing.
+    state = "sudo iptables -S; sudo cat /etc/iptables/rules.v4; sudo sshd -T -C user=root,host=x,addr=10.0.2.2"
+    rules_before = lab3.lab.sh(HOST, state)
+    check = lab3.up("--check")
+    assert check.returncode == 0 and recap(check.stdout)[HOST]["changed"] > 0, check.stdout + check.stderr
+    assert lab3.lab.sh(HOST, state) == rules_before
 
     first = lab3.up("--keep-artifacts")
     assert first.returncode == 0, first.stdout + first.stderr
@@ -201,11 +213,11 @@ def test_up_hardens_ssh_and_opens_the_port_keeping_oci_rules(lab3: Lab3) -> None
         assert web_reachable()
         assert lab3.lab.sh(HOST, "sudo iptables -S InstanceServices") == instance_services
         rules = lab3.lab.sh(HOST, "sudo cat /etc/iptables/rules.v4").splitlines()
-        ours = f"-A INPUT -p tcp -m state --state NEW -m tcp --dport {WEB_PORT} -j ACCEPT"
+        ours = [f"-A INPUT -p tcp -m state --state NEW -m tcp --dport {p} -j ACCEPT" for p in (EXTRA_PORT, WEB_PORT)]
         reject = "-A INPUT -j REJECT --reject-with icmp-host-prohibited"
-        assert rules.index(ours) == rules.index(reject) - 1
         live = lab3.lab.sh(HOST, "sudo iptables -S INPUT").splitlines()
-        assert live.index(ours) == live.index(reject) - 1
+        for lines in (rules, live):
+            assert [lines.index(rule) for rule in ours] == [lines.index(reject) - 2, lines.index(reject) - 1], lines
 
         smoke = lab3.lab.provision("test", "-i", str(lab3.inventory), "-k", "ssh or login or firewall or selinux")
         lab3.outputs.append(smoke.stdout + smoke.stderr)
@@ -229,7 +241,8 @@ def test_firewall_rules_survive_a_reboot(lab3: Lab3) -> None:
 
 def test_broken_sshd_setting_is_refused_and_the_config_kept(lab3: Lab3) -> None:
     before = lab3.lab.sh(HOST, "sudo sha256sum /etc/ssh/sshd_config /etc/ssh/sshd_config.d/*")
-    proc = lab3.up("-e", "@" + str(write_vars(lab3.work / "broken.yml", {"ssh_settings": {"MaxAuthTries": "many"}})))
+    broken = write_vars(lab3.work / "broken.yml", {"ssh_settings": {"MaxAuthTries": "many"}})
+    proc = lab3.up("-e", f"@{broken}", tags="ssh")
     assert proc.returncode == 1
     dropin = "/etc/ssh/sshd_config.d/10-provision.conf"
     kept = f"Kept the previous sshd config: sshd -t rejected the new {dropin} (check ssh_settings): {dropin}"
@@ -244,7 +257,7 @@ def test_lockout_after_reload_restores_the_old_config(lab3: Lab3) -> None:
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(stranger)], check=True)
     # A valid change, then a probe with a key the host does not know: what a lockout looks like from here.
     settings = {"ssh_settings": {"ClientAliveInterval": 60}, "ssh_probe_identity": str(stranger)}
-    proc = lab3.up("-e", "@" + str(write_vars(lab3.work / "lockout.yml", settings)))
+    proc = lab3.up("-e", "@" + str(write_vars(lab3.work / "lockout.yml", settings)), tags="ssh")
     assert proc.returncode == 1
     assert "Kept the previous sshd config: lockout guard: after reloading sshd with the new config" in proc.stdout
     assert lab3.lab.sh(HOST, "sudo sha256sum /etc/ssh/sshd_config /etc/ssh/sshd_config.d/*") == before

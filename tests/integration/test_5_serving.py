@@ -54,13 +54,22 @@ def serving(lab: Lab, docker_host: str, tmp_path_factory: pytest.TempPathFactory
 @pytest.fixture(scope="module")
 def converged(lab: Lab, serving: tuple[Path, str]) -> tuple[subprocess.CompletedProcess[str], ...]:
     inventory, host = serving
+    check = lab.provision("up", "-i", str(inventory), "--tags", TAGS, "--limit", host, "--check")
+    nothing_yet = lab.sh(host, "test -e /etc/systemd/system/inference-1.service && echo unit || echo no unit").strip()
     first = lab.provision("up", "-i", str(inventory), "--tags", TAGS, "--limit", host)
     second = lab.provision("up", "-i", str(inventory), "--tags", TAGS, "--limit", host)
-    return first, second
+    return check, nothing_yet, first, second
+
+
+def test_check_mode_on_a_fresh_host_changes_nothing(converged: tuple, serving: tuple[Path, str]) -> None:
+    check, nothing_yet, _, _ = converged
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert recap(check.stdout)[serving[1]]["changed"] > 0, "check mode should report what the first run changes"
+    assert nothing_yet == "no unit"
 
 
 def test_first_run_serves_and_second_changes_nothing(converged: tuple, serving: tuple[Path, str]) -> None:
-    first, second = converged
+    _, _, first, second = converged
     host = serving[1]
     assert first.returncode == 0, first.stdout + first.stderr
     assert recap(first.stdout)[host]["changed"] > 0
