@@ -2,7 +2,7 @@
 
 It serves one directory under any number of mirror prefixes (/<mirror>/<path>), honours HTTP Range
 (206 + Content-Range; sendfile for speed), logs every request, and can misbehave per mirror and path:
-drop the connection part way, serve corrupted bytes of the right size, or ignore Range.  It also answers
+drop the connection part way or stall it, serve corrupted bytes of the right size, or ignore Range.  It also answers
 the Hugging Face API call that `provision weights lock --endpoint` uses (the shape of the real one), so
 locking from an endpoint is tested without the internet.  Bound to 127.0.0.1; a lab VM reaches it as
 10.0.2.2.  Used by the integration tests and by bench/.
@@ -16,6 +16,7 @@ import os
 import random
 import re
 import threading
+import time
 import urllib.parse
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -29,6 +30,8 @@ class Fault:
     drop_after: int | None = None  # close the connection after this many body bytes
     corrupt: bool = False  # flip one byte in the middle (same size, wrong digest)
     ignore_range: bool = False  # answer 200 with the whole file to a Range request
+    stall_after: int | None = None  # stop sending after this many body bytes, keeping the connection open
+    stall_seconds: float = 5.0  # ... for this long, then close it
     times: int | None = None  # how many requests misbehave (None: all)
 
 
@@ -152,8 +155,9 @@ class _Handler(BaseHTTPRequestHandler):
         if not body:
             return None
         count = end - start + 1
-        if fault.drop_after is not None:
-            count = min(count, max(0, fault.drop_after - start))
+        cut = fault.drop_after if fault.drop_after is not None else fault.stall_after
+        if cut is not None:
+            count = min(count, max(0, cut - start))
         with open(target, "rb") as fh:
             if fault.corrupt:
                 data = bytearray(fh.read())[start : start + count]
@@ -165,6 +169,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self.wfile.flush()
                 self.connection.sendfile(fh, offset=start, count=count)
         if count < end - start + 1:
+            if fault.stall_after is not None:
+                time.sleep(fault.stall_seconds)
             self.close_connection = True
             self.connection.shutdown(2)
         return None

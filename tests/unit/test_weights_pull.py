@@ -99,6 +99,18 @@ def test_retries_resume_within_the_same_run(server: FileServer, tmp_path: Path) 
     assert [r.range for r in server.requests("model.safetensors")] == [None, f"bytes={BIG // 3}-"]
 
 
+def test_a_stalled_connection_times_out_and_keeps_its_part(server: FileServer, tmp_path: Path) -> None:
+    dest = tmp_path / "tiny"
+    server.fault("m1", "model.safetensors", Fault(stall_after=BIG // 4, stall_seconds=5, times=1))
+    rc, result = run(tmp_path, [model(server, dest)], timeout=1)
+    assert rc != 0
+    assert "no data for 1 s" in result["msg"], result["msg"]
+    assert (dest / "model.safetensors.part").stat().st_size == BIG // 4
+    rc, result = run(tmp_path, [model(server, dest)], timeout=1)
+    assert rc == 0, result
+    assert hashlib.sha256((dest / "model.safetensors").read_bytes()).hexdigest() == locked(server)[1]["sha256"]
+
+
 def test_a_server_that_ignores_range_restarts_the_file_cleanly(server: FileServer, tmp_path: Path) -> None:
     dest = tmp_path / "tiny"
     dest.mkdir()
