@@ -96,7 +96,7 @@ def test_unreachable_host_gets_its_own_exit_code(lab: Lab, converged: Runs, tmp_
         "ansible_port": dead_port,
     }
     (inventory / "hosts.yml").write_text(yaml.safe_dump(hosts))
-    proc = lab.provision("up", "-i", str(inventory), "--limit", "lab1,ghost")
+    proc = lab.provision("up", "-i", str(inventory), "--limit", "lab1,ghost", "--tags", "base")
     assert proc.returncode == 4, proc.stdout + proc.stderr
     stats = recap(proc.stdout)
     assert stats["ghost"]["unreachable"] == 1
@@ -109,7 +109,7 @@ def test_drift_is_caught_by_smoke_suite_and_repaired_by_up(lab: Lab, converged: 
     failed = lab.provision("test", "-i", str(lab.inventory), "--limit", "lab2")
     assert failed.returncode == 1, failed.stdout
     assert "mirror" in failed.stdout
-    repaired = lab.provision("up", "-i", str(lab.inventory), "--limit", "lab2")
+    repaired = lab.provision("up", "-i", str(lab.inventory), "--limit", "lab2", "--tags", "base")  # the mirror's role
     assert repaired.returncode == 0
     assert recap(repaired.stdout)["lab2"]["changed"] >= 1
     assert lab.provision("test", "-i", str(lab.inventory), "--limit", "lab2").returncode == 0
