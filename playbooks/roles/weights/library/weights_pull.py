@@ -252,8 +252,9 @@ class Progress:
 class Hasher:
     """Hashes received chunks in a second thread while the first receives and writes the next ones.
 
-    Measured in a lab VM (2 vCPUs, 1 GiB): hashing beside a receive+write thread ran at 0.75-0.8 of
+    Probes in a lab VM (2 vCPUs, 1 GiB, by hand): hashing beside a receive+write thread ran at 0.75-0.8 of
     `curl -o`; hashing and writing together in the second thread at 0.55-0.6; all in one thread at 0.4.
+    bench/weights_pull.py (2 GiB, the whole role) measures ~0.58: the emulated CPU's sha256 sets the pace.
     """
 
     def __init__(self, hasher):
@@ -282,9 +283,9 @@ class SocketBody:
 
     http.client's readinto() loops over recv() calls of whatever the socket holds (tens of KiB), each after
     a poll() for the timeout.  Here one recv(MSG_WAITALL) fills a whole 4 MiB block and the kernel enforces
-    the timeout (SO_RCVTIMEO: no data for that long fails the read).  Under emulation, where every syscall
-    and every Python-level step costs the guest CPU that the hash needs, this is what brings the pull
-    close to curl.  TLS and chunked bodies keep http.client's reader.
+    the timeout (SO_RCVTIMEO: no data for that long fails the read, named as such).  Fewer syscalls were
+    meant to leave the emulated CPU to the hash; measured with bench/weights_pull.py in a lab VM it changed
+    nothing (0.58 of `curl -o`, 0.59 before).  TLS and chunked bodies keep http.client's reader.
     """
 
     def __init__(self, head, sock, left, timeout):
