@@ -219,3 +219,67 @@ def test_downloads_go_through_the_configured_proxy(server: FileServer, tmp_path:
     rc, result = run(tmp_path, [unreachable], proxy=f"http://127.0.0.1:{server.port}")
     assert rc == 0, result
     assert {r.path for r in server.requests()} == {"/m1/config.json", "/m1/model.safetensors", "/m1/sub/tokenizer.json"}
+
+
+def load_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("weights_pull", MODULE)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_sink_writes_and_hashes_every_block_in_order(tmp_path: Path) -> None:
+    wp = load_module()
+    data = os.urandom(3 * wp.CHUNK + 12345)
+    hasher = hashlib.sha256()
+    with open(tmp_path / "out", "wb") as fh:
+        sink = wp.Sink(fh, hasher)
+        at = 0
+        # More blocks than the pool holds, of uneven sizes: the receiver must wait for buffers to come back.
+        for n in [wp.CHUNK, 1, wp.CHUNK - 1, 77, wp.CHUNK, 12345 - 78 + 1, 0] * 3:
+            piece = data[at : at + n]
+            if not piece:
+                continue
+            buf = sink.block()
+            buf[: len(piece)] = piece
+            sink.put(buf, len(piece))
+            at += len(piece)
+        sink.close()
+    assert at == len(data)
+    assert (tmp_path / "out").read_bytes() == data
+    assert hasher.hexdigest() == hashlib.sha256(data).hexdigest()
+
+
+def test_a_write_error_reaches_the_receiver() -> None:
+    wp = load_module()
+    with open("/dev/full", "wb", buffering=0) as fh:  # every write: ENOSPC
+        sink = wp.Sink(fh, hashlib.sha256())
+        with pytest.raises(OSError) as raised:
+            for _ in range(2 * wp.Sink.BLOCKS):  # the error is raised by block() once the writer has met it
+                sink.put(sink.block(), 10)
+        assert raised.value.errno == 28
+        with pytest.raises(OSError):
+            sink.close()
+
+
+def test_the_sha256_code_chosen_by_measurement_gives_the_same_digests() -> None:
+    wp = load_module()
+    probe = "import hashlib, sys; print(hashlib.sha256(bytes(range(256)) * 40000).hexdigest())"
+    env = {**os.environ, **wp.SCALAR_SHA256}
+    scalar = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
+    assert scalar.stdout.strip() == hashlib.sha256(bytes(range(256)) * 40000).hexdigest()
+    assert wp.sha256_rate() > 0 and wp.sha256_rate(wp.SCALAR_SHA256) > 0
+    assert wp.fastest_sha256_env() in ({}, wp.SCALAR_SHA256)
+
+
+def test_the_check_measures_the_hash_only_when_there_is_something_to_pull(server: FileServer, tmp_path: Path) -> None:
+    m = model(server, tmp_path / "tiny")
+    rc, result = run(tmp_path, [m], mode="check")
+    assert rc == 0 and result["needed"] and "hash_env" in result
+    rc, pulled = run(tmp_path, [m])
+    assert rc == 0 and pulled["changed"]
+    rc, result = run(tmp_path, [m], mode="check")
+    assert rc == 0 and not result["needed"] and result["hash_env"] == {}

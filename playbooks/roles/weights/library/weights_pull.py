@@ -4,8 +4,8 @@
 Runs on the target with the standard library only.  For each locked file:
   - a verification record beside the files (.provision-weights.json: size, mtime, ctime, inode, digest)
     confirms a converged file from one stat(), with no re-hash, unless `deep` asks for one;
-  - a missing or changed file is streamed to <path>.part while sha256 is computed in the same pass (a
-    second thread hashes and writes while the first receives), resumed with HTTP Range when a .part is
+  - a missing or changed file is streamed to <path>.part while sha256 is computed in the same pass (one
+    thread receives, a second writes, a third hashes), resumed with HTTP Range when a .part is
     already there (its bytes are hashed again: hash state cannot be saved), and renamed into place only
     after size and digest match, so a reader never sees an unverified file at its final path;
   - a mismatch deletes the bad bytes and tries the next mirror; a file no mirror serves correctly fails
@@ -67,6 +67,7 @@ import hashlib
 import http.client
 import json
 import os
+import platform
 import queue
 import re
 import socket
@@ -249,33 +250,100 @@ class Progress:
         self.write(finished=True)
 
 
-class Hasher:
-    """Hashes received chunks in a second thread while the first receives and writes the next ones.
+class Sink:
+    """Writes and hashes received blocks, each in a thread of its own, while the caller receives the next ones.
 
-    Probes in a lab VM (2 vCPUs, 1 GiB, by hand): hashing beside a receive+write thread ran at 0.75-0.8 of
-    `curl -o`; hashing and writing together in the second thread at 0.55-0.6; all in one thread at 0.4.
-    bench/weights_pull.py (2 GiB, the whole role) measures ~0.58: the emulated CPU's sha256 sets the pace.
+    Three stages, so receiving, writing and hashing each get a CPU: probes in a lab VM (2 vCPUs, 1 GiB) gave
+    receive+write in one thread with hashing beside it 25-27 MiB/s, three stages 29-33, `curl -o` 29-36 in
+    the same minutes.  Buffers go round a fixed pool (the hasher hands each back), so memory stays at
+    BLOCKS * CHUNK per download however the stages' speeds differ.  A write error (disk full) is raised to the
+    receiver at its next block and again by close(); the blocks after it are still hashed, then discarded.
     """
 
-    def __init__(self, hasher):
-        self.hasher = hasher
-        self.queue = queue.Queue(maxsize=4)
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
+    BLOCKS = 6
 
-    def _run(self):
-        while True:
-            block = self.queue.get()
-            if block is None:
-                return
-            self.hasher.update(block)
+    def __init__(self, fh, hasher):
+        self.fh, self.hasher, self.error = fh, hasher, None
+        self.free = queue.Queue()
+        for _ in range(self.BLOCKS):
+            self.free.put(bytearray(CHUNK))
+        self.to_write, self.to_hash = queue.Queue(), queue.Queue()
+        self.threads = [threading.Thread(target=run, daemon=True) for run in (self._write, self._hash)]
+        for thread in self.threads:
+            thread.start()
 
-    def put(self, block):
-        self.queue.put(block)
+    def block(self):
+        """An empty buffer to receive into (waits while every buffer is still being written or hashed)."""
+        buf = self.free.get()
+        if self.error is not None:
+            self.free.put(buf)
+            raise self.error
+        return buf
+
+    def put(self, buf, n):
+        self.to_write.put((buf, n))
+
+    def give_back(self, buf):
+        self.free.put(buf)
+
+    def _write(self):
+        while (item := self.to_write.get()) is not None:
+            if self.error is None:
+                try:
+                    self.fh.write(memoryview(item[0])[: item[1]])
+                except OSError as exc:
+                    self.error = exc
+            self.to_hash.put(item)
+        self.to_hash.put(None)
+
+    def _hash(self):
+        while (item := self.to_hash.get()) is not None:
+            self.hasher.update(memoryview(item[0])[: item[1]])
+            self.free.put(item[0])
 
     def close(self):
-        self.queue.put(None)
-        self.thread.join()
+        self.to_write.put(None)
+        for thread in self.threads:
+            thread.join()
+        if self.error is not None:
+            raise self.error
+
+
+# OpenSSL picks its sha256 code by CPU flags: SHA-NI, else AVX2, AVX, SSSE3, else plain x86-64.  Emulated and
+# some virtual CPUs run the vector code slower than the plain one (a TCG lab VM: 24 MiB/s with AVX2, 58 without
+# AVX/SSSE3/AVX2).  libcrypto reads the mask once, when it loads, so it goes into the pull's environment.
+SCALAR_SHA256 = {"OPENSSL_ia32cap": "~0x1000020000000000:~0x20"}
+RATE_PROBE = (
+    "import hashlib, os, time; b = os.urandom({size}); h = hashlib.sha256(); h.update(b[:65536]); "
+    "t = time.perf_counter(); h.update(b); print({size} / (time.perf_counter() - t))"
+)
+
+
+def sha256_rate(env=None, size=8 << 20):
+    """Bytes per second of hashlib's sha256 in a fresh python3 with `env` added (0 when it cannot run)."""
+    import subprocess
+    import sys
+
+    try:
+        out = subprocess.run(
+            [sys.executable, "-c", RATE_PROBE.format(size=size)],
+            env={**os.environ, **(env or {})},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout
+        return float(out)
+    except (OSError, ValueError, subprocess.SubprocessError):
+        return 0.0
+
+
+def fastest_sha256_env():
+    """The environment for the pull: empty, or the scalar mask when it hashes at least 1.25x faster here."""
+    if platform.machine() not in ("x86_64", "AMD64") or "OPENSSL_ia32cap" in os.environ:
+        return {}
+    as_is, scalar = sha256_rate(), sha256_rate(SCALAR_SHA256)
+    return dict(SCALAR_SHA256) if scalar > 1.25 * as_is > 0 else {}
 
 
 class SocketBody:
@@ -380,31 +448,27 @@ class Puller:
                 if resumed:
                     fh.seek(have)
                     fh.truncate()
-                hashing = Hasher(hasher)
+                sink = Sink(fh, hasher)
                 body = SocketBody.of(response, self.timeout) or response
-                buffers = [bytearray(CHUNK) for _ in range(6)]
-                turn = 0
                 try:
                     while True:
-                        buf = buffers[turn % len(buffers)]
-                        turn += 1
+                        buf = sink.block()
                         try:
                             n = body.readinto(buf)
                         except (OSError, http.client.HTTPException) as exc:
+                            sink.give_back(buf)
                             raise Broken(f"connection lost after {human(got)}: {exc}") from None
                         if not n:
+                            sink.give_back(buf)
                             break
                         got += n
                         if got > f["size"]:
+                            sink.give_back(buf)
                             raise Mismatch(f"more than the locked {f['size']} bytes")
-                        block = memoryview(buf)[:n]
-                        fh.write(block)
-                        # No copy: with 6 buffers and at most 4 queued, the hasher is done with this one
-                        # before readinto() comes back to it.
-                        hashing.put(block)
+                        sink.put(buf, n)
                         self.progress.add(n)
                 finally:
-                    hashing.close()
+                    sink.close()
                     fh.flush()
                     os.fsync(fh.fileno())
             if got < f["size"]:
@@ -581,7 +645,11 @@ def main():
         if todo:
             summary += f"; to pull: {len(todo)} files, {human(need)}"
         needed = bool(todo or stale)  # `changed` may be overridden by the task; this may not
-        module.exit_json(changed=needed, needed=needed, todo=todo, bytes=need, report=report, summary=summary)
+        # Measured here, before the pull, because the pull's libcrypto must load with the choice.
+        hash_env = fastest_sha256_env() if todo and not module.check_mode else {}
+        module.exit_json(
+            changed=needed, needed=needed, todo=todo, bytes=need, report=report, summary=summary, hash_env=hash_env
+        )
 
     # Space first: fail before a byte is downloaded when a disk cannot hold what is missing.
     need_by_mount = {}
