@@ -182,9 +182,10 @@ class Vm:
 
     def argv(self) -> list[str]:
         spec = self.spec
-        accel = (
-            ["-accel", "kvm", "-cpu", "host"] if spec.accel == "kvm" else ["-accel", "tcg,thread=multi", "-cpu", "max"]
-        )
+        if spec.accel == "kvm":
+            accel = ["-accel", "kvm", "-cpu", "host"]
+        else:
+            accel = ["-accel", "tcg,thread=multi", "-cpu", "max"]
         argv = [
             QEMU, "-name", self.name, "-machine", "pc", *accel, "-m", str(spec.memory_mib), "-smp", str(spec.cpus),
             "-kernel", str(spec.kernel), "-initrd", str(spec.initrd), "-append", spec.append,
@@ -293,9 +294,11 @@ class Vm:
         if pid is None or not is_our_qemu(pid, self.directory):
             return
         try:
+            # Wait for the answer: a command whose client hangs up at once may never be run (the suite's
+            # teardown waited out the 15 s and killed each VM).
             with qmp(self.qmp_path, timeout=5.0) as monitor:
-                monitor.send({"execute": "quit"})
-        except (OSError, ConnectionError, ValueError):
+                monitor.call("quit")
+        except (OSError, ConnectionError, ValueError, RuntimeError):
             os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and pid_alive(pid):

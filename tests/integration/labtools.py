@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +24,7 @@ class Lab:
         self, *args: str, check: bool = False, timeout: float = 1800, stdin: str | None = None
     ) -> subprocess.CompletedProcess[str]:
         """Run provision as a user would; `stdin` feeds it (a password for --password-stdin, a file for tee)."""
+        started = time.monotonic()
         proc = subprocess.run(
             [sys.executable, "-m", "provision", *args],
             cwd=ROOT,
@@ -32,6 +35,10 @@ class Lab:
             timeout=timeout,
             check=False,
         )
+        timings = os.environ.get("PROVISION_TEST_TIMINGS")
+        if timings:  # where the suite's time goes, one line per call (scripts/test.sh sets it)
+            with open(timings, "a") as log:
+                log.write(f"{time.monotonic() - started:7.1f}s  provision {' '.join(args)}\n")
         # Shown by pytest only when a test fails: what the user would have seen.
         print(f"$ provision {' '.join(args)}\n{proc.stdout}\n{proc.stderr}\n(exit {proc.returncode})")
         if check and proc.returncode != 0:
