@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import pytest
 import yaml
-from labtools import BASE_PORT, ROOT, Lab, our_qemu_pids
+from labtools import BASE_PORT, ROOT, SESSION_HOSTS, Lab, our_qemu_pids
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -34,7 +34,8 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     lab = Lab(inventory=inventory, state=state, env=env)
     try:
         lab.provision(
-            "lab", "up", "--hosts", "2", "--base-port", str(BASE_PORT), "--inventory-out", str(inventory / "hosts.yml"),
+            "lab", "up", "--hosts", str(len(SESSION_HOSTS)), "--base-port", str(BASE_PORT),
+            "--inventory-out", str(inventory / "hosts.yml"),
             check=True,
         )  # fmt: skip
         yield lab
@@ -42,6 +43,16 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         lab.provision("lab", "down")
         leftover = our_qemu_pids(state)
         assert not leftover, f"lab down left qemu processes running: {leftover}"
+
+
+@pytest.fixture(scope="module")
+def session_hosts_paused(lab: Lab) -> Iterator[None]:
+    """For a module that works on hosts of its own: the session's VMs are paused meanwhile."""
+    lab.pause(*SESSION_HOSTS)
+    try:
+        yield
+    finally:
+        lab.resume(*SESSION_HOSTS)
 
 
 @pytest.fixture(scope="session")

@@ -25,6 +25,9 @@ from labtools import BASE_PORT, Lab, recap
 from provision.bootstrap import password_login_offered
 from provision.lab.qemu import qmp
 
+# The session's VMs idle while this module works on its own: paused, they leave it their CPU.
+pytestmark = pytest.mark.usefixtures("session_hosts_paused")
+
 HOST = "lab3"
 ADMIN = "ops"
 WEB_PORT = 8080
@@ -122,6 +125,7 @@ def lab3(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab3]:
     (inventory.parent / "group_vars").mkdir()
     (inventory.parent / "group_vars" / "all.yml").write_text(yaml.safe_dump(config))
     yield Lab3(lab, port, password, work, key, work / "known_hosts", inventory, [])
+    lab.pause(HOST)  # not needed again; `lab up --hosts 4` still counts it as running, so lab4 is next
 
 
 def assert_no_password(state: Lab3, *paths: Path) -> None:

@@ -9,12 +9,16 @@ which starts lab3, so lab4 is the next VM of the session lab.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import yaml
 from labtools import BASE_PORT, Lab, recap
+
+# The session's VMs idle while this module works on its own: paused, they leave it their CPU.
+pytestmark = pytest.mark.usefixtures("session_hosts_paused")
 
 SE_HOST = "lab4"
 UPSTREAM_PORT = 8000  # vLLM's usual port: soundd_port_t in the policy, so nginx may not connect to it by default
@@ -43,7 +47,7 @@ class Lab4:
 
 
 @pytest.fixture(scope="module")
-def lab4(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Lab4:
+def lab4(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab4]:
     work = tmp_path_factory.mktemp("selinux")
     lab.provision(
         "lab", "up", "--hosts", "4", "--flavor", "selinux", "--base-port", str(BASE_PORT),
@@ -64,7 +68,8 @@ def lab4(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Lab4:
     (inventory.parent / "group_vars" / "all.yml").write_text(yaml.safe_dump(config))
     state = Lab4(lab, inventory)
     state.sh("sudo mkdir -p /srv/models && sudo tee /etc/nginx/sites-enabled/default >/dev/null", stdin=NGINX_SITE)
-    return state
+    yield state
+    lab.pause(SE_HOST)  # not needed again; paused, it still counts as running for the next `lab up`
 
 
 def test_selinux_role_fixes_the_upstream_denial_and_stays_enforcing(lab4: Lab4) -> None:

@@ -20,6 +20,9 @@ import pytest
 import yaml
 from labtools import ROOT, Lab, recap
 
+# The session's VMs idle while this module works on its own: paused, they leave it their CPU.
+pytestmark = pytest.mark.usefixtures("session_hosts_paused")
+
 CLIENT = "/tmp/llm_client.py"
 NGINX = "http://127.0.0.1:80"
 DIRECT = "http://127.0.0.1:8000"
