@@ -314,7 +314,7 @@ class Sink:
 # AVX/SSSE3/AVX2).  libcrypto reads the mask once, when it loads, so it goes into the pull's environment.
 SCALAR_SHA256 = {"OPENSSL_ia32cap": "~0x1000020000000000:~0x20"}
 RATE_PROBE = (
-    "import hashlib, os, time; b = os.urandom({size}); h = hashlib.sha256(); h.update(b[:65536]); "
+    "import hashlib, time; b = bytes({size}); h = hashlib.sha256(); h.update(b[:65536]); "
     "t = time.perf_counter(); h.update(b); print({size} / (time.perf_counter() - t))"
 )
 
