@@ -35,6 +35,16 @@ def test_help_exits_0(path: tuple[str, ...]) -> None:
     assert "Usage:" in result.output
 
 
+def test_every_test_directory_is_in_testpaths() -> None:
+    """testpaths lists directories in the order they run: a new one left out would never run."""
+    import tomllib
+
+    config = tomllib.loads((paths.ROOT / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]
+    with_tests = {p.parent.relative_to(paths.ROOT).as_posix() for p in (paths.ROOT / "tests").glob("*/test_*.py")}
+    missing = with_tests - set(config["testpaths"])
+    assert not missing, f"not in pyproject's testpaths: {missing}"
+
+
 def test_every_command_is_walked() -> None:
     assert {
         ("up",),
