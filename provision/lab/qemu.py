@@ -182,10 +182,9 @@ class Vm:
 
     def argv(self) -> list[str]:
         spec = self.spec
-        if spec.accel == "kvm":
-            accel = ["-accel", "kvm", "-cpu", "host"]
-        else:
-            accel = ["-accel", "tcg,thread=multi", "-cpu", "max"]
+        accel = (
+            ["-accel", "kvm", "-cpu", "host"] if spec.accel == "kvm" else ["-accel", "tcg,thread=multi", "-cpu", "max"]
+        )
         argv = [
             QEMU, "-name", self.name, "-machine", "pc", *accel, "-m", str(spec.memory_mib), "-smp", str(spec.cpus),
             "-kernel", str(spec.kernel), "-initrd", str(spec.initrd), "-append", spec.append,
