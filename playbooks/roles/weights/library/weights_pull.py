@@ -258,6 +258,7 @@ class Sink:
     the same minutes.  Buffers go round a fixed pool (the hasher hands each back), so memory stays at
     BLOCKS * CHUNK per download however the stages' speeds differ.  A write error (disk full) is raised to the
     receiver at its next block and again by close(); the blocks after it are still hashed, then discarded.
+    A buffer the receiver takes and does not put is simply dropped: every such path ends in close().
     """
 
     BLOCKS = 6
@@ -276,15 +277,11 @@ class Sink:
         """An empty buffer to receive into (waits while every buffer is still being written or hashed)."""
         buf = self.free.get()
         if self.error is not None:
-            self.free.put(buf)
             raise self.error
         return buf
 
     def put(self, buf, n):
         self.to_write.put((buf, n))
-
-    def give_back(self, buf):
-        self.free.put(buf)
 
     def _write(self):
         while (item := self.to_write.get()) is not None:
@@ -456,14 +453,11 @@ class Puller:
                         try:
                             n = body.readinto(buf)
                         except (OSError, http.client.HTTPException) as exc:
-                            sink.give_back(buf)
                             raise Broken(f"connection lost after {human(got)}: {exc}") from None
                         if not n:
-                            sink.give_back(buf)
                             break
                         got += n
                         if got > f["size"]:
-                            sink.give_back(buf)
                             raise Mismatch(f"more than the locked {f['size']} bytes")
                         sink.put(buf, n)
                         self.progress.add(n)
