@@ -4,13 +4,11 @@ The module runs on the target; here its pure functions get data shaped like what
 /proc and sysfs give on a real host (the lab's layout: /dev/vda holds /, /dev/vdb is the data disk).
 """
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
+import library_modules
 import pytest
 
 from provision import paths
@@ -18,16 +16,7 @@ from provision import paths
 PROBE_PATH = paths.ROLES / "disks" / "library" / "disk_probe.py"
 
 
-def _load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("disk_probe", PROBE_PATH)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-dp = _load()
+dp = library_modules.load(PROBE_PATH)
 UUID = "0b2c2a64-5cd4-4c0a-9d7b-3f3c2d9b1a10"
 
 

@@ -12,11 +12,13 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import library_modules
 import pytest
 
 from provision.lab.fileserver import Fault, FileServer, make_file
 
 MODULE = Path(__file__).resolve().parents[2] / "playbooks/roles/weights/library/weights_pull.py"
+wp = library_modules.load(MODULE)  # for the functions; the module as a whole runs as Ansible runs it
 BIG = 24 << 20
 
 
@@ -221,18 +223,7 @@ def test_downloads_go_through_the_configured_proxy(server: FileServer, tmp_path:
     assert {r.path for r in server.requests()} == {"/m1/config.json", "/m1/model.safetensors", "/m1/sub/tokenizer.json"}
 
 
-def load_module():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("weights_pull", MODULE)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_the_sink_writes_and_hashes_every_block_in_order(tmp_path: Path) -> None:
-    wp = load_module()
     data = os.urandom(3 * wp.CHUNK + 12345)
     hasher = hashlib.sha256()
     with open(tmp_path / "out", "wb") as fh:
@@ -254,7 +245,6 @@ def test_the_sink_writes_and_hashes_every_block_in_order(tmp_path: Path) -> None
 
 
 def test_a_write_error_reaches_the_receiver() -> None:
-    wp = load_module()
     with open("/dev/full", "wb", buffering=0) as fh:  # every write: ENOSPC
         sink = wp.Sink(fh, hashlib.sha256())
         with pytest.raises(OSError) as raised:
@@ -266,7 +256,6 @@ def test_a_write_error_reaches_the_receiver() -> None:
 
 
 def test_the_sha256_code_chosen_by_measurement_gives_the_same_digests() -> None:
-    wp = load_module()
     probe = "import hashlib, sys; print(hashlib.sha256(bytes(range(256)) * 40000).hexdigest())"
     env = {**os.environ, **wp.SCALAR_SHA256}
     scalar = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
