@@ -32,6 +32,16 @@ STATUS_COLORS = {
     "play": "bright_white",
 }
 
+strategy_option = click.option(
+    "--strategy",
+    type=click.Choice(["mitogen", "linear"]),
+    default="mitogen",
+    show_default=True,
+    envvar="PROVISION_STRATEGY",
+    help="How Ansible runs tasks: Mitogen (one Python per host for the whole run) or Ansible's own linear "
+    "strategy (a new interpreter per task; slower). Also PROVISION_STRATEGY.",
+)
+
 inventory_option = click.option(
     "-i",
     "--inventory",
@@ -69,6 +79,7 @@ def cli(debug: bool) -> None:
 )
 @click.option("--keep-artifacts", is_flag=True, help="Keep ansible-runner's private data dir; print its path.")
 @click.option("-v", "--verbose", count=True, help="Show ansible-playbook's own output (-vv, -vvv: more).")
+@strategy_option
 def up(
     inventory_path: Path,
     limit: str | None,
@@ -79,6 +90,7 @@ def up(
     extra_vars: tuple[str, ...],
     keep_artifacts: bool,
     verbose: int,
+    strategy: str,
 ) -> ExitCode:
     """Provision the hosts in an inventory (runs playbooks/site.yml)."""
     from provision import inventory
@@ -96,6 +108,7 @@ def up(
         extravars=parse_extra_vars(extra_vars),
         keep_artifacts=keep_artifacts,
         verbosity=verbose,
+        strategy=strategy,
     )
 
 
@@ -126,7 +139,7 @@ def _play(
         if line is not None:
             click.echo(click.style(line.text, fg=STATUS_COLORS.get(line.status)))
 
-    result = runner.run(request, on_event=show)
+    result = runner.run(request, on_event=show, note=lambda text: _log(f"provision: {text}"))
     if result.stats:
         click.echo()
         for text in events.recap(result.stats):
@@ -316,7 +329,8 @@ def _read_token(path: Path) -> str:
 @inventory_option
 @click.option("--limit", help="Only these hosts or groups (Ansible pattern).")
 @click.option("--deep", is_flag=True, help="Re-hash every file instead of trusting its verification record.")
-def weights_verify(inventory_path: Path, limit: str | None, deep: bool) -> ExitCode:
+@strategy_option
+def weights_verify(inventory_path: Path, limit: str | None, deep: bool, strategy: str) -> ExitCode:
     """Report per host whether each model's files are OK, missing or corrupt (changes nothing)."""
     reports: dict[str, dict[str, Any]] = {}
 
@@ -326,7 +340,14 @@ def weights_verify(inventory_path: Path, limit: str | None, deep: bool) -> ExitC
         if event.get("event") in ("runner_on_ok", "runner_on_failed") and isinstance(res.get("report"), dict):
             reports[str(data.get("host"))] = res["report"]
 
-    code = _play("weights_verify.yml", inventory_path, limit, on_result=collect, extravars={"weights_reverify": deep})
+    code = _play(
+        "weights_verify.yml",
+        inventory_path,
+        limit,
+        on_result=collect,
+        extravars={"weights_reverify": deep},
+        strategy=strategy,
+    )
     if reports:
         click.echo()
     for host, report in sorted(reports.items()):

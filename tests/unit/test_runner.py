@@ -7,6 +7,7 @@ The real runs use `connection: local` against a throwaway project, so they need 
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -199,3 +200,57 @@ def _cmdline(pid: str) -> bytes:
         return Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return b""
+
+
+# ---- strategy ----------------------------------------------------------------------------------------
+
+STRATEGY_SITE = """\
+- name: Report the strategy
+  hosts: all
+  gather_facts: false
+  tasks:
+    - name: Report the strategy
+      ansible.builtin.debug:
+        msg: "strategy={{ lookup('ansible.builtin.config', 'DEFAULT_STRATEGY') }}"
+"""
+
+
+def test_mitogen_is_the_default_strategy_and_linear_runs_without_it() -> None:
+    notes: list[str] = []
+    env = runner.envvars(RunRequest(inventory=Path("inv")), notes.append)
+    assert env["ANSIBLE_STRATEGY"] == "mitogen_linear"
+    assert (Path(env["ANSIBLE_STRATEGY_PLUGINS"].split(os.pathsep)[0]) / "mitogen_linear.py").is_file()
+    assert notes == []
+    linear = runner.envvars(RunRequest(inventory=Path("inv"), strategy="linear"), notes.append)
+    assert "ANSIBLE_STRATEGY" not in linear and "ANSIBLE_STRATEGY_PLUGINS" not in linear
+    assert notes == []
+
+
+@pytest.mark.parametrize("mitogen_installed", [True, False])
+def test_up_without_mitogen_says_so_once_and_runs_with_the_stock_strategy(
+    write: Write, local_inventory: Path, tmp_path: Path, mitogen_installed: bool
+) -> None:
+    """The real CLI in a fresh interpreter; "not installed" is an ansible_mitogen package without its plugins
+    ahead of the real one on the path, as a broken or partial install looks."""
+    home = write("home/playbooks/site.yml", STRATEGY_SITE).parents[1]
+    env = {**os.environ, "PROVISION_HOME": str(home)}
+    env.pop("PROVISION_STRATEGY", None)
+    if not mitogen_installed:
+        write("shadow/ansible_mitogen/__init__.py", "")
+        env["PYTHONPATH"] = str(tmp_path / "shadow")
+    proc = subprocess.run(
+        [sys.executable, "-m", "provision", "up", "-i", str(local_inventory), "-v"],
+        env=env, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    about_mitogen = [line for line in proc.stderr.splitlines() if "Mitogen" in line]
+    if mitogen_installed:
+        assert "strategy=mitogen_linear" in proc.stdout
+        assert about_mitogen == []
+    else:
+        assert "strategy=linear" in proc.stdout
+        assert about_mitogen == [
+            "provision: Mitogen's strategy plugin is not installed (pip install 'provision' brings it); "
+            "running with Ansible's stock strategy, which is slower"
+        ]
+    assert "DEPRECATION" not in proc.stdout + proc.stderr
