@@ -109,6 +109,7 @@ def up(
         keep_artifacts=keep_artifacts,
         verbosity=verbose,
         strategy=strategy,
+        lock_hosts=not check,
     )
 
 
@@ -117,10 +118,15 @@ def _play(
     inventory_path: Path,
     limit: str | None,
     on_result: Any = None,
+    lock_hosts: bool = False,
     **options: Any,
 ) -> ExitCode:
-    """Run one of our playbooks as `provision up` does: a line per task and host, a recap, an exit code."""
-    from provision import events, inventory, runner
+    """Run one of our playbooks as `provision up` does: a line per task and host, a recap, an exit code.
+
+    With `lock_hosts` (a run that may change hosts), no other such run from this controller may be running on
+    any of its hosts (provision.hostlock).
+    """
+    from provision import events, hostlock, inventory, runner
 
     if limit is not None and not limit.strip():
         raise UsageError("--limit is empty; name hosts or groups, e.g. --limit lab1,lab2")
@@ -139,7 +145,12 @@ def _play(
         if line is not None:
             click.echo(click.style(line.text, fg=STATUS_COLORS.get(line.status)))
 
-    result = runner.run(request, on_event=show, note=lambda text: _log(f"provision: {text}"))
+    locks = {}
+    if lock_hosts:
+        for host in hostlock.targets(inv.hosts, limit, inv.match):
+            locks[host] = hostlock.address(host, inv.hostvars.get(host, {}))
+    with hostlock.hold(locks):
+        result = runner.run(request, on_event=show, note=lambda text: _log(f"provision: {text}"))
     if result.stats:
         click.echo()
         for text in events.recap(result.stats):

@@ -254,3 +254,47 @@ def test_up_without_mitogen_says_so_once_and_runs_with_the_stock_strategy(
             "running with Ansible's stock strategy, which is slower"
         ]
     assert "DEPRECATION" not in proc.stdout + proc.stderr
+
+
+# ---- one changing run per host -----------------------------------------------------------------------
+
+SLOW_SITE = """\
+- name: Take a while
+  hosts: all
+  gather_facts: false
+  tasks:
+    - name: Sleep
+      ansible.builtin.command: sleep {{ nap | default(0) }}
+      changed_when: false
+"""
+
+
+def test_a_second_up_on_a_busy_host_stops_naming_the_first_and_no_lock_outlives_a_run(
+    write: Write, local_inventory: Path
+) -> None:
+    home = write("home/playbooks/site.yml", SLOW_SITE).parents[1]
+    env = {**os.environ, "PROVISION_HOME": str(home)}
+    up = [sys.executable, "-m", "provision", "up", "-i", str(local_inventory)]
+    first = subprocess.Popen([*up, "-e", "nap=60"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        locks = Path(os.environ["PROVISION_LOCK_DIR"])
+        while f'"pid": {first.pid},' not in "".join(p.read_text() for p in locks.glob("*.lock")):
+            assert first.poll() is None and time.monotonic() < deadline, "the first run never took its lock"
+            time.sleep(0.1)
+        second = subprocess.run(up, env=env, capture_output=True, text=True, timeout=60, check=False)
+        assert second.returncode == ExitCode.ENVIRONMENT, second.stdout + second.stderr
+        (line,) = second.stderr.splitlines()
+        assert line.startswith("provision: error: local1 (local1:22) is being provisioned by another run: ")
+        assert f"pid {first.pid}," in line and "-e nap=60" in line
+        assert line.endswith("wait for it to end, then run again")
+        assert "PLAY" not in second.stdout, "the second run must stop before its play starts"
+        # --check changes nothing, so it may look while the first run goes on.
+        looking = subprocess.run([*up, "--check"], env=env, capture_output=True, text=True, timeout=60, check=False)
+        assert looking.returncode == 0, looking.stdout + looking.stderr
+    finally:
+        first.send_signal(signal.SIGINT)
+        first.communicate(timeout=60)
+    assert first.returncode == ExitCode.INTERRUPTED
+    after = subprocess.run(up, env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert after.returncode == 0, after.stdout + after.stderr
