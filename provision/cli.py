@@ -120,11 +120,18 @@ def _play(
     **options: Any,
 ) -> ExitCode:
     """Run one of our playbooks as `provision up` does: a line per task and host, a recap, an exit code."""
-    from provision import events, inventory, runner
+    from provision import argcheck, events, inventory, runner
 
     if limit is not None and not limit.strip():
         raise UsageError("--limit is empty; name hosts or groups, e.g. --limit lab1,lab2")
     inv = inventory.load_inventory(inventory_path)  # the slow check (it runs ansible-inventory) goes last
+    argcheck.preflight(
+        inv,
+        paths.PLAYBOOKS / playbook,
+        limit=limit,
+        skip_tags=options.get("skip_tags", ()),
+        extravars=options.get("extravars"),
+    )
     request = runner.RunRequest(inventory=inv.path, playbook=playbook, limit=limit, **options)
     host_width = max(len(h) for h in inv.hosts)
     verbose = options.get("verbosity", 0)
@@ -596,6 +603,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     except ProvisionError as exc:
         if debug:
             traceback.print_exc()
-        click.echo(f"provision: error: {exc}", err=True)
+        for line in str(exc).splitlines() or [""]:  # one line per problem
+            click.echo(f"provision: error: {line}", err=True)
         code = exc.exit_code
     sys.exit(int(code or 0))
