@@ -68,6 +68,8 @@ _ROLE_TASKS = (
 _TEMPLATE_MARKERS = ("{{", "{%", "{#")
 _ARTICLES = {"int": "an int", "str": "a string", "bool": "a bool (true or false)", "dict": "a mapping"}
 _HOSTS_SHOWN = 5
+# What stands in, inside a list or mapping, for a value only a run can resolve: one of the type its spec wants.
+_STAND_INS: dict[str, Any] = {"int": 0, "float": 0.0, "bool": False, "list": [], "dict": {}, "bits": 0, "bytes": 0}
 
 
 class _Unresolved(Exception):
@@ -146,11 +148,11 @@ def check(
         for name, spec in options.items():
             spec_json = json.dumps(spec, sort_keys=True, default=str)
             over = _topmost(name, above)
-            shared = _problem(name, spec_json, over or _topmost(name, below))
+            shared = _problem(name, spec, spec_json, over or _topmost(name, below))
             for host in hosts:
                 hostvars = inventory.hostvars.get(host, {})
                 if over is None and name in hostvars:
-                    text = _problem(name, spec_json, ("set in the inventory", hostvars[name]))
+                    text = _problem(name, spec, spec_json, ("set in the inventory", hostvars[name]))
                 else:
                     text = shared
                 if text is not None:
@@ -264,13 +266,13 @@ def _topmost(name: str, layers: Sequence[tuple[str, Mapping[str, Any]]]) -> tupl
     return next(((where, variables[name]) for where, variables in reversed(layers) if name in variables), None)
 
 
-def _problem(name: str, spec_json: str, found: tuple[str, Any] | None) -> str | None:
+def _problem(name: str, spec: Mapping[str, Any], spec_json: str, found: tuple[str, Any] | None) -> str | None:
     """What is wrong with the variable's value, or None (also when it cannot be told here)."""
     if found is None:
         return _judge(name, spec_json, None, "")
     source, value = found
     try:
-        value = _plain(value)
+        value = _plain(value, spec)
     except _Unresolved:
         return None
     return _judge(name, spec_json, json.dumps(value, sort_keys=True, default=str), source)
@@ -317,21 +319,38 @@ def _validator(name: str, spec_json: str) -> "ArgumentSpecValidator":
     return ArgumentSpecValidator({name: json.loads(spec_json)})
 
 
-def _plain(value: Any) -> Any:
-    """The value as the validator would get it at run time, or _Unresolved when only a run can tell."""
-    if isinstance(value, str):
-        if _is_template(value):
-            raise _Unresolved
-        return value
+def _plain(value: Any, spec: Mapping[str, Any]) -> Any:
+    """The value as the validator would get it at run time, or _Unresolved when only a run can tell.
+
+    Inside a list or mapping, a value only a run can tell is replaced by one its own spec accepts, so the rest
+    of the container is still checked.
+    """
+    if _unresolved(value):
+        raise _Unresolved
+    return _stand_in(value, spec)
+
+
+def _stand_in(value: Any, spec: Mapping[str, Any]) -> Any:
+    if _unresolved(value):
+        kind = spec.get("type", "str")
+        if spec.get("choices"):
+            return spec["choices"][0] if kind != "list" else []
+        return value if isinstance(value, str) and kind in ("str", "path", "raw") else _STAND_INS.get(kind, "")
     if isinstance(value, dict):
-        if "__ansible_vault" in value:
-            raise _Unresolved
         if set(value) == {"__ansible_unsafe"}:  # ansible-inventory's form of !unsafe: the text as it is
             return value["__ansible_unsafe"]
-        return {key: _plain(item) for key, item in value.items()}
+        options = spec.get("options") or {}
+        return {key: _stand_in(item, options.get(key, {"type": "raw"})) for key, item in value.items()}
     if isinstance(value, list):
-        return [_plain(item) for item in value]
+        element = {key: spec[key] for key in ("options", "choices") if key in spec}
+        element["type"] = spec.get("elements", "raw")
+        return [_stand_in(item, element) for item in value]
     return value
+
+
+def _unresolved(value: Any) -> bool:
+    """A Jinja template, or a vault-encrypted value as ansible-inventory shows it."""
+    return (isinstance(value, str) and _is_template(value)) or (isinstance(value, dict) and "__ansible_vault" in value)
 
 
 def _is_template(text: str) -> bool:

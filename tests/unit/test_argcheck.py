@@ -144,11 +144,30 @@ def test_extra_vars_win_over_the_inventory_and_the_inventory_over_defaults(proje
 
 def test_templates_and_vault_values_are_left_to_the_run(project: Path) -> None:
     vault = {"__ansible_vault": "$ANSIBLE_VAULT;1.1;AES256\n6162\n"}
-    inv = inventory({"h1": {"s_count": "{{ replicas }}", "s_env": {"TOKEN": vault}, "s_ports": ["{% x %}"]}})
-    assert argcheck.check(inv, project, extravars={"s_method": "{{ 'random' }}"}) == []
-    # Only the templated value is skipped, not its role: the role's other variables are still checked.
-    assert lines(argcheck.check(inv, project, extravars={"s_flag": "maybe"})) == [
-        "h1: s_flag: 'maybe' is not a bool (true or false) (set by -e)"
+    hostvars = {
+        "s_count": "{{ replicas }}",
+        "s_env": {"TOKEN": vault},
+        "s_ports": ["{% x %}", 8001],
+        "s_when": ["{{ a }}", "timeout"],
+        "s_items": [{"name": "{{ inventory_hostname }}"}],
+        "s_flag": vault,
+    }
+    assert argcheck.check(inventory({"h1": hostvars}), project, extravars={"s_method": "{{ 'random' }}"}) == []
+
+
+def test_only_the_templated_value_is_skipped_not_the_rest(project: Path) -> None:
+    """Other variables of the role, and the other items of a list or mapping holding a template, are checked."""
+    hostvars = {
+        "s_count": "{{ replicas }}",
+        "s_ports": ["{{ port }}", "x"],
+        "s_when": ["{{ a }}", "never"],
+        "s_items": [{"name": "{{ inventory_hostname }}", "bogus": 1}],
+    }
+    assert lines(argcheck.check(inventory({"h1": hostvars}), project, extravars={"s_flag": "maybe"})) == [
+        "h1: s_flag: 'maybe' is not a bool (true or false) (set by -e)",
+        "h1: s_items: s_items.bogus. Supported parameters include: name. (set in the inventory)",
+        "h1: s_ports: a list of 2 items has an item that is not an int (set in the inventory)",
+        "h1: s_when: 'never' not allowed; each item must be one of 'error', 'timeout' (set in the inventory)",
     ]
 
 
