@@ -8,8 +8,9 @@ select, for each role it applies and with the variables the role would see there
 the inventory's (group_vars and host_vars, as ansible-inventory merged them), the play's vars, -e, and the
 role's parameters.
 
-A Jinja template or a vault-encrypted value is not checked here: resolving it may need facts or secrets. The
-on-host check still covers it, and events.py names the variable when that check fails.
+A Jinja template or a vault-encrypted value is not checked here: resolving it may need facts or secrets (in
+a list or mapping, a stand-in of the type its spec wants takes its place, so the rest is checked). The on-host
+check still covers it, and events.py names the variable when that check fails.
 
 This is the only module that imports ansible (its light module_utils), inside the function that needs it.
 """
