@@ -268,6 +268,15 @@ def test_every_role_with_argument_specs_is_checked_where_site_yml_runs_it() -> N
     assert (hosts["inference"], hosts["nginx"]) == ("inference", "gateway")  # from serving.yml, not a table
 
 
+def test_the_playbooks_set_variables_only_where_the_check_reads_them() -> None:
+    """argcheck reads defaults, role vars, the inventory, play vars, -e and role parameters; a vars_files or
+    a group_vars directory beside the playbooks would change values behind its back."""
+    assert not list(paths.PLAYBOOKS.glob("group_vars")) and not list(paths.PLAYBOOKS.glob("host_vars"))
+    for playbook in paths.PLAYBOOKS.glob("*.yml"):
+        for play in yaml.safe_load(playbook.read_text()) or []:
+            assert "vars_files" not in play and "vars_prompt" not in play, playbook.name
+
+
 def test_weights_verify_runs_an_entry_point_without_a_spec() -> None:
     """As at run time: include_role's tasks_from names the entry point, and weights has none for verify.yml."""
     (use,) = argcheck.role_uses(paths.PLAYBOOKS / "weights_verify.yml")
