@@ -165,7 +165,11 @@ def check(
 
 
 def role_uses(playbook: Path, tags: frozenset[str] = frozenset()) -> list[RoleUse]:
-    """The roles each play of a playbook applies, import_playbook followed, in the order they run."""
+    """The roles each play of a playbook applies, import_playbook followed, in the order they run.
+
+    A `when:` on a play or role is not evaluated (it may need facts): such a role is checked on every host its
+    play targets. A play whose `hosts:` is a template is left out.
+    """
     uses: list[RoleUse] = []
     for entry in _yaml_file(playbook) or []:
         if not isinstance(entry, dict):
