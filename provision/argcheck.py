@@ -223,10 +223,9 @@ def _validated_with_tags(tags: frozenset[str], skip: frozenset[str]) -> bool:
 
     So --tags never leaves it out; --skip-tags does when it names one of them (Taggable.evaluate_tags).
     """
-    tags = tags | {"always"}
     if "all" in skip:
-        return "always" not in tags or "always" in skip
-    return tags.isdisjoint(skip) and "tagged" not in skip
+        return "always" not in skip
+    return (tags | {"always"}).isdisjoint(skip) and "tagged" not in skip
 
 
 # ---- the roles: argument specs, defaults and vars ---------------------------------------------------------
@@ -235,7 +234,8 @@ def _validated_with_tags(tags: frozenset[str], skip: frozenset[str]) -> bool:
 @cache
 def argument_spec(role: Path, entry_point: str = "main") -> dict[str, dict[str, Any]]:
     """The options of a role's entry point ({} when the role has no spec for it)."""
-    specs = _yaml_file(role / "meta/argument_specs.yml") or {}
+    path = role / "meta/argument_specs.yml"
+    specs = (_yaml_file(path) if path.is_file() else None) or {}
     entry = (specs.get("argument_specs") or {}).get(entry_point) if isinstance(specs, dict) else None
     return dict(entry.get("options") or {}) if isinstance(entry, dict) else {}
 

@@ -210,6 +210,15 @@ def test_skip_tags_leave_a_role_unchecked_and_tags_do_not(project: Path) -> None
         "h1: s_count: 'two' is not an int (set in the inventory)"
     ]
     assert argcheck.check(inv, project, skip_tags=["always"]) == []
+    assert argcheck.check(inv, project, skip_tags=["tagged"]) == []
+    assert len(argcheck.check(inv, project, skip_tags=["all"])) == 2  # `always` still runs
+    assert argcheck.check(inv, project, skip_tags=["all", "always"]) == []
+
+
+def test_a_role_without_argument_specs_is_not_checked(project: Path) -> None:
+    (project.parent / "roles/every/meta/argument_specs.yml").unlink()
+    inv = inventory({"h1": {"e_count": "x"}})
+    assert argcheck.check(inv, project) == []
 
 
 def test_role_parameters_and_play_vars_count_and_entry_points_follow_tasks_from(project: Path) -> None:
