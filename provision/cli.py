@@ -126,11 +126,18 @@ def _play(
     With `lock_hosts` (a run that may change hosts), no other such run from this controller may be running on
     any of its hosts (provision.hostlock).
     """
-    from provision import events, hostlock, inventory, runner
+    from provision import argcheck, events, hostlock, inventory, runner
 
     if limit is not None and not limit.strip():
         raise UsageError("--limit is empty; name hosts or groups, e.g. --limit lab1,lab2")
     inv = inventory.load_inventory(inventory_path)  # the slow check (it runs ansible-inventory) goes last
+    argcheck.preflight(
+        inv,
+        paths.PLAYBOOKS / playbook,
+        limit=limit,
+        skip_tags=options.get("skip_tags", ()),
+        extravars=options.get("extravars"),
+    )
     request = runner.RunRequest(inventory=inv.path, playbook=playbook, limit=limit, **options)
     host_width = max(len(h) for h in inv.hosts)
     verbose = options.get("verbosity", 0)
@@ -147,7 +154,7 @@ def _play(
 
     locks = {}
     if lock_hosts:
-        for host in hostlock.targets(inv.hosts, limit, inv.match):
+        for host in inv.select(limit) if limit else inv.hosts:
             locks[host] = hostlock.address(host, inv.hostvars.get(host, {}))
     with hostlock.hold(locks):
         result = runner.run(request, on_event=show, note=lambda text: _log(f"provision: {text}"))
@@ -607,6 +614,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     except ProvisionError as exc:
         if debug:
             traceback.print_exc()
-        click.echo(f"provision: error: {exc}", err=True)
+        for line in str(exc).splitlines() or [""]:  # one line per problem
+            click.echo(f"provision: error: {line}", err=True)
         code = exc.exit_code
     sys.exit(int(code or 0))

@@ -19,7 +19,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -71,15 +71,3 @@ def _holder(path: Path) -> str:
         return f"pid {info['pid']}, started {info['started']}, `provision {' '.join(info['argv'])}`"
     except (OSError, ValueError, KeyError, TypeError):
         return "a run that is just starting"
-
-
-def targets(hosts: Iterable[str], limit: str | None, match: Any) -> list[str]:
-    """The hosts a --limit can touch: every item's matches (exclusions ignored: a lock too many is harmless)."""
-    if not limit:
-        return list(hosts)
-    found: list[str] = []
-    for item in limit.replace(":", ",").split(","):
-        item = item.strip().lstrip("&")
-        if item and not item.startswith("!"):
-            found += match(item)
-    return list(dict.fromkeys(found))

@@ -13,9 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import yaml
-
-from provision import paths
+from provision import argcheck, paths
 from provision.errors import UsageError
 from provision.inventory import Inventory
 
@@ -75,10 +73,7 @@ def role_defaults() -> dict[str, Any]:
     """Every role's defaults/main.yml merged, roles in name order."""
     merged: dict[str, Any] = {}
     for defaults in sorted(paths.ROLES.glob("*/defaults/main.yml")):
-        loaded = yaml.safe_load(defaults.read_text(encoding="utf-8")) or {}
-        if not isinstance(loaded, dict):
-            raise UsageError(f"{paths.display(defaults)}: expected a mapping of variables")
-        merged.update(loaded)
+        merged.update(argcheck.role_defaults(defaults.parent.parent))
     return merged
 
 
