@@ -246,6 +246,11 @@ def role_defaults(role: Path) -> dict[str, Any]:
     return _vars_file(role / "defaults/main.yml")
 
 
+def role_vars(role: Path) -> dict[str, Any]:
+    """A role's vars/main.yml (its internals, such as the ssh role's algorithm table)."""
+    return _vars_file(role / "vars/main.yml")
+
+
 def _vars_file(path: Path) -> dict[str, Any]:
     loaded = (_yaml_file(path) if path.is_file() else None) or {}
     if not isinstance(loaded, dict):
