@@ -244,14 +244,15 @@ SHA1_CLIENT = ("-o", "KexAlgorithms=diffie-hellman-group14-sha1", "-o", "MACs=hm
 
 
 def sshd_lists(lab3: Lab3) -> list[str]:
+    """The four lists as sshd -T prints them, in name order (each list itself keeps sshd's order)."""
     keywords = ("kexalgorithms ", "hostkeyalgorithms ", "ciphers ", "macs ")
-    return [line for line in lab3.lab.sh(HOST, EFFECTIVE).splitlines() if line.startswith(keywords)]
+    return sorted(line for line in lab3.lab.sh(HOST, EFFECTIVE).splitlines() if line.startswith(keywords))
 
 
 def profile_lists(lab3: Lab3, profile: str) -> list[str]:
     """The golden lists of `profile` for lab3's OpenSSH (Debian 12's 9.2)."""
     version = re.search(r"OpenSSH_(\d+\.\d+)", lab3.lab.ssh(HOST, "/usr/sbin/sshd -V").stderr)[1]
-    return (ROOT / "tests" / "golden" / "ssh" / f"{profile}-{version}.txt").read_text().splitlines()
+    return sorted((ROOT / "tests" / "golden" / "ssh" / f"{profile}-{version}.txt").read_text().splitlines())
 
 
 def audit_failures(port: int) -> tuple[list[str], dict[str, object]]:
