@@ -5,6 +5,7 @@ This is the one place errors become exit codes (see provision.errors.ExitCode). 
 """
 
 import os
+import signal
 import subprocess
 import sys
 import traceback
@@ -112,7 +113,10 @@ def _play(
     if limit is not None and not limit.strip():
         raise UsageError("--limit is empty; name hosts or groups, e.g. --limit lab1,lab2")
     inv = inventory.load_inventory(inventory_path)  # the slow check (it runs ansible-inventory) goes last
-    request = runner.RunRequest(inventory=inv.path, playbook=playbook, limit=limit, **options)
+    if limit is not None:
+        inventory.check_limit(inv, limit)
+    names = inventory.controller_env_names(inv, options.get("extravars", {}))
+    request = runner.RunRequest(inventory=inv.path, playbook=playbook, limit=limit, controller_env=names, **options)
     host_width = max(len(h) for h in inv.hosts)
     verbose = options.get("verbosity", 0)
 
@@ -142,6 +146,10 @@ def _play(
 def _verdict(code: ExitCode, result: Any) -> str:
     failed = sorted(h for h, s in result.stats.items() if s.failed)
     unreachable = sorted(h for h, s in result.stats.items() if s.unreachable)
+    if result.signal is not None and code is not ExitCode.INTERRUPTED:
+        return (
+            f"stopped by {signal.Signals(result.signal).name}; hosts may be half-provisioned, run `provision up` again"
+        )
     if code is ExitCode.INTERRUPTED:
         return "interrupted; hosts may be half-provisioned, run `provision up` again"
     if code is ExitCode.UNREACHABLE:
@@ -245,6 +253,8 @@ def _run_pytest(argv: list[str], env: dict[str, str]) -> int:
 
 def _testinfra_hosts(inv: "Inventory", limit: str | None) -> str:
     """testinfra's --hosts for a --limit: names and globs of hosts or groups, comma-separated."""
+    from provision import inventory
+
     if limit is None:
         return "ansible://all"
     names = [name.strip() for name in limit.split(",") if name.strip()]
@@ -252,9 +262,7 @@ def _testinfra_hosts(inv: "Inventory", limit: str | None) -> str:
         raise UsageError(
             f"--limit {limit!r}: provision test takes host or group names (globs allowed), comma-separated"
         )
-    for name in names:
-        if not inv.match(name):
-            raise UsageError(f"--limit: {name!r} matches no host or group in {paths.display(inv.path)}")
+    inventory.check_limit(inv, limit)
     return ",".join(f"ansible://{name}" for name in names)
 
 

@@ -4,6 +4,7 @@ runner.run is replaced by a stub that records whether it was called, so no test 
 preflight errors must stop before the stub is reached.
 """
 
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -164,7 +165,54 @@ def test_up_exit_code_follows_status_and_stats(
 def test_exit_code_values() -> None:
     assert {c.name: c.value for c in ExitCode} == {
         "OK": 0, "FAILED": 1, "USAGE": 2, "ENVIRONMENT": 3, "UNREACHABLE": 4, "INTERRUPTED": 130,
+        "HANGUP": 129, "TERMINATED": 143,
     }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("signum", "code", "verdict"),
+    [
+        (signal.SIGTERM, 143, "stopped by SIGTERM; hosts may be half-provisioned"),
+        (signal.SIGHUP, 129, "stopped by SIGHUP; hosts may be half-provisioned"),
+        (signal.SIGINT, 130, "interrupted; hosts may be half-provisioned"),
+    ],
+)
+def test_up_stopped_by_a_signal_exits_128_plus_its_number(
+    run_cli: Any, stub: RunnerStub, preflighted: Path, signum: int, code: int, verdict: str
+) -> None:
+    stub.result = RunResult("canceled", 254, {"local1": HostStats(ok=1)}, None, signal=signum)
+    result = run_cli("up", "-i", str(preflighted))
+    assert result.code == code
+    assert verdict in one_line(result.err)
+
+
+@pytest.mark.parametrize("limit", ["nosuchhost", "lab1,nosuchhost", "all:!nosuchhost", "lab*:&nosuch*"])
+def test_up_limit_matching_nothing_is_a_usage_error(
+    run_cli: Any, stub: RunnerStub, preflighted: Path, limit: str
+) -> None:
+    result = run_cli("up", "-i", str(preflighted), "--limit", limit)
+    assert result.code == ExitCode.USAGE
+    name = limit.rsplit(":", 1)[-1].split(",")[-1].lstrip("!&")
+    assert one_line(result.err) == (
+        f"provision: error: --limit {limit!r}: {name!r} matches no host or group in {preflighted}; "
+        "nothing was contacted"
+    )
+    assert stub.requests == []
+
+
+@pytest.mark.parametrize("limit", ["lab1", "lab*,gpu", "all:!lab2", "lab:&lab1", "~lab[12]", "lab[0]"])
+def test_up_limit_matching_hosts_runs(run_cli: Any, stub: RunnerStub, preflighted: Path, limit: str) -> None:
+    assert run_cli("up", "-i", str(preflighted), "--limit", limit).code == 0
+    assert [r.limit for r in stub.requests] == [limit]
+
+
+def test_up_passes_the_token_variable_an_inventory_names(run_cli: Any, stub: RunnerStub, write: Write) -> None:
+    inventory = write(
+        "named/hosts.yml",
+        "all:\n  hosts:\n    h1:\n      weights_token_env: HF_TOKEN\n    h2:\n      weights_token_env: ''\n",
+    )
+    assert run_cli("up", "-i", str(inventory), "-e", "weights_token_env=MIRROR_TOKEN").code == 0
+    assert stub.requests[0].controller_env == ("HF_TOKEN", "MIRROR_TOKEN")
 
 
 def test_debug_shows_the_traceback(run_cli: Any, tmp_path: Path, monkeypatch: Any) -> None:
