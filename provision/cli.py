@@ -308,7 +308,7 @@ def weights_lock(
     if output is None:
         click.echo(text, nl=False)
     else:
-        output.write_text(text)
+        paths.write_text(output, text, "-o")
         _log(f"wrote {paths.display(output)}: {len(lock.files)} files, {lock.size} bytes, revision {lock.revision}")
     return ExitCode.OK
 
