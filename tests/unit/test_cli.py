@@ -238,19 +238,40 @@ def test_help_and_version_exit_0(run_cli: Any) -> None:
 # ---- render -------------------------------------------------------------------------------------------
 
 
-def test_render_to_out_dir(run_cli: Any, local_inventory: Path, tmp_path: Path) -> None:
+@pytest.fixture
+def serving_inventory(write: Write) -> Path:
+    """local1 in the inference group (which playbooks/serving.yml runs the inference role on), db1 in none."""
+    return write(
+        "serving/hosts.yml",
+        "all:\n  children:\n    inference:\n      hosts:\n        local1:\n    db:\n      hosts:\n        db1:\n",
+    )
+
+
+def test_render_to_out_dir(run_cli: Any, serving_inventory: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    result = run_cli("render", "-i", str(local_inventory), "--host", "local1", "--out", str(out))
+    result = run_cli("render", "-i", str(serving_inventory), "--host", "local1", "--out", str(out))
     assert result.code == 0, result.err
     unit = (out / "inference.service").read_text()
     assert unit.startswith("# Managed by provision; local changes will be overwritten.\n")
     assert "wrote " in result.out
 
 
-def test_render_to_stdout_has_headers(run_cli: Any, local_inventory: Path) -> None:
-    result = run_cli("render", "-i", str(local_inventory), "--host", "local1")
+def test_render_to_stdout_has_headers(run_cli: Any, serving_inventory: Path) -> None:
+    result = run_cli("render", "-i", str(serving_inventory), "--host", "local1")
     assert result.code == 0
     assert result.out.startswith("# ==> inference.service <==\n# Managed by provision")
+
+
+def test_render_for_a_host_outside_the_serving_groups_says_there_is_nothing(
+    run_cli: Any, serving_inventory: Path, tmp_path: Path
+) -> None:
+    result = run_cli("render", "-i", str(serving_inventory), "--host", "db1", "--out", str(tmp_path / "out"))
+    assert result.code == 0
+    assert result.out == "" and not (tmp_path / "out").exists()
+    assert one_line(result.err) == (
+        "nothing to render for db1: serving.yml runs inference on 'inference' and nginx on 'gateway', "
+        "and db1 is in neither"
+    )
 
 
 def test_render_unknown_host(run_cli: Any, local_inventory: Path) -> None:
@@ -307,6 +328,15 @@ def test_test_rejects_ansible_only_limit_patterns(run_cli: Any, pytest_stub: Pyt
     assert result.code == 2
     assert "'nothere' matches no host or group" in one_line(result.err)
     assert pytest_stub.calls == []
+
+
+def test_render_into_an_unwritable_place_says_so_in_one_line(run_cli: Any, write: Write, tmp_path: Path) -> None:
+    inventory = write("serving/hosts.yml", "all:\n  children:\n    gateway:\n      hosts:\n        gw1:\n")
+    (tmp_path / "a-file").write_text("")
+    out = tmp_path / "a-file" / "out"
+    result = run_cli("render", "-i", str(inventory), "--host", "gw1", "--out", str(out))
+    assert result.code == 2
+    assert result.err == f"provision: error: --out: cannot write {out}/nginx.conf: Not a directory\n"
 
 
 # ---- lab ----------------------------------------------------------------------------------------------
