@@ -407,7 +407,7 @@ def bootstrap(
         raise UsageError("--password-stdin and --identity exclude each other")
     password = None
     if password_stdin:
-        password = sys.stdin.readline().rstrip("\r\n")
+        password = _read_password(f"{user}@{host}'s password: ")
         if not password:
             raise UsageError("--password-stdin: stdin held no password")
     private_key = None
@@ -441,6 +441,15 @@ def bootstrap(
         verb = "added to" if added else "already in"
         click.echo(f"{request.inventory_name} {verb} {paths.display(inventory_append)}")
     return ExitCode.OK
+
+
+def _read_password(prompt: str) -> str:
+    """One line from stdin; typed at a terminal, with a prompt and without echo."""
+    if sys.stdin.isatty():
+        import getpass
+
+        return getpass.getpass(prompt)
+    return sys.stdin.readline().rstrip("\r\n")
 
 
 # ---- lab --------------------------------------------------------------------------------------------
