@@ -1,5 +1,16 @@
 """The security smoke checks' pure parts: the rule text, its place before the REJECT, the login argv."""
 
+import contextlib
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
 from provision.smoke import security_checks as sec
 
 OCI = [
@@ -45,3 +56,149 @@ def test_gateway_hosts_also_check_nginx_ports() -> None:
     assert [p["port"] for p in sec.firewall_ports(tls)] == [8080, 8443]
     assert [p["port"] for p in sec.firewall_ports({**gateway, "firewall_open_gateway": False})] == [9100]
     assert [p["port"] for p in sec.firewall_ports({**gateway, "group_names": ["inference"]})] == [9100]
+
+
+# ---- SELinux and firewall checks on a fake host: a check with nothing to check says so --------------------
+
+
+@dataclass
+class Ran:
+    rc: int = 0
+    stdout: str = ""
+
+
+@dataclass
+class FakeFile:
+    exists: bool
+    content_string: str = ""
+
+
+@dataclass
+class FakeHost:
+    files: dict[str, str] = field(default_factory=dict)  # path -> content
+    commands: dict[str, Ran] = field(default_factory=dict)  # command -> result; others fail
+    running: tuple[str, ...] = ()
+
+    def file(self, path: str) -> FakeFile:
+        return FakeFile(path in self.files, self.files.get(path, ""))
+
+    def run(self, command: str) -> Ran:
+        return self.commands.get(command, Ran(rc=1))
+
+    def service(self, name: str) -> Any:
+        return type("Service", (), {"is_running": name in self.running})()
+
+    @contextlib.contextmanager
+    def sudo(self) -> Iterator[None]:
+        yield
+
+
+def selinux_host(mode: str | None, boolean: str = "on") -> FakeHost:
+    if mode is None:
+        return FakeHost()
+    commands = {sec.GETENFORCE: Ran(stdout=f"{mode}\n")}
+    commands[f"{sec.GETSEBOOL} httpd_can_network_connect"] = Ran(stdout=f"httpd_can_network_connect --> {boolean}\n")
+    return FakeHost(files={sec.GETENFORCE: ""}, commands=commands)
+
+
+NETWORK = [{"name": "httpd_can_network_connect", "state": True}]
+
+
+@pytest.mark.parametrize(
+    ("mode", "state", "problems", "noted"),
+    [
+        (
+            None,
+            "enforcing",
+            ["SELinux is not installed (/usr/sbin/getenforce is missing), selinux_state asks for enforcing"],
+            False,
+        ),
+        (
+            None,
+            "permissive",
+            ["SELinux is not installed (/usr/sbin/getenforce is missing), selinux_state asks for permissive"],
+            False,
+        ),
+        ("Disabled", "enforcing", ["SELinux is disabled, selinux_state asks for enforcing"], False),
+        (None, "", [], True),
+        ("Disabled", "", [], True),
+        (None, "disabled", [], False),
+        ("Enforcing", "enforcing", [], False),
+        ("Enforcing", "", [], False),
+        ("Permissive", "enforcing", ["SELinux is permissive, selinux_state asks for enforcing"], False),
+    ],
+)
+def test_selinux_check(mode: str | None, state: str, problems: list[str], noted: bool) -> None:
+    notes: list[str] = []
+    assert sec.selinux_problems(selinux_host(mode), state, NETWORK, notes.append) == problems
+    assert bool(notes) is noted, notes
+
+
+def test_selinux_check_finds_a_boolean_off() -> None:
+    assert sec.selinux_problems(selinux_host("Enforcing", "off"), "enforcing", NETWORK) == [
+        "SELinux boolean httpd_can_network_connect is off, expected on"
+    ]
+
+
+RULES = "/etc/iptables/rules.v4"
+
+
+@pytest.mark.parametrize(
+    ("host", "ports", "problems", "note"),
+    [
+        (FakeHost(), [], [], "no ports to check"),
+        (FakeHost(), [{"port": 8080}], [], f"no host firewall: firewalld is not running and {RULES} has no REJECT"),
+        (FakeHost(files={RULES: "\n".join(OCI[:2])}), [{"port": 8080}], [], "no host firewall"),
+        (
+            FakeHost(files={RULES: "\n".join(OCI)}, commands={"iptables -S INPUT": Ran(stdout="\n".join(OCI))}),
+            [{"port": 22}],
+            [],
+            "",
+        ),
+        (
+            FakeHost(files={RULES: "\n".join(OCI)}, commands={"iptables -S INPUT": Ran(stdout="\n".join(OCI))}),
+            [{"port": 8080}],
+            [
+                f"live INPUT chain: {sec.iptables_rule({'port': 8080})!r} missing or after the REJECT",
+                f"{RULES}: {sec.iptables_rule({'port': 8080})!r} missing or after the REJECT",
+            ],
+            "",
+        ),
+        (
+            FakeHost(running=("firewalld",), commands={"firewall-cmd --query-port=80/tcp": Ran()}),
+            [{"port": 80}],
+            ["firewalld --permanent: port 80/tcp is not open"],
+            "",
+        ),
+        (FakeHost(running=("firewalld",)), [], [], "no ports to check"),
+    ],
+    ids=["no-ports", "no-firewall", "no-reject", "open", "missing", "firewalld", "firewalld-no-ports"],
+)
+def test_firewall_check(host: FakeHost, ports: list[dict[str, Any]], problems: list[str], note: str) -> None:
+    notes: list[str] = []
+    assert sec.firewall_problems(host, ports, RULES, notes.append) == problems
+    assert (notes[0] if notes else "").startswith(note) and len(notes) <= 1, notes
+    if not note:
+        assert notes == []
+
+
+def test_nothing_to_check_is_reported_apart_from_a_pass(tmp_path: Path) -> None:
+    """The smoke suite's hooks: such a test passes, but shows as "nothing to check" with its reason, in the
+    terminal and in the JUnit file (as a property), and is not a skip."""
+    (tmp_path / "test_example.py").write_text(
+        "def test_something():\n    pass\n\n"
+        "def test_nothing(nothing_to_check):\n    nothing_to_check('no host firewall here')\n"
+    )
+    junit = tmp_path / "junit.xml"
+    argv = [sys.executable, "-m", "pytest", "-p", "provision.smoke.conftest", "-p", "no:cacheprovider"]
+    argv += ["-q", f"--junitxml={junit}", str(tmp_path / "test_example.py")]
+    proc = subprocess.run(argv, capture_output=True, text=True, cwd=tmp_path, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "1 passed, 1 nothing to check" in proc.stdout
+    assert "NOTHING TO CHECK test_example.py::test_nothing: no host firewall here" in proc.stdout
+    suite = ET.parse(junit).getroot().find("testsuite")
+    assert suite is not None and suite.get("skipped") == "0" and suite.get("failures") == "0"
+    cases = {case.get("name"): case for case in suite.iter("testcase")}
+    properties = {p.get("name"): p.get("value") for p in cases["test_nothing"].iter("property")}
+    assert properties == {"nothing_to_check": "no host firewall here"}
+    assert list(cases["test_something"].iter("property")) == []
