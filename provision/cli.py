@@ -4,8 +4,10 @@ This is the one place errors become exit codes (see provision.errors.ExitCode). 
 (ansible_runner, jinja2, paramiko) are imported inside the commands that need them.
 """
 
+import contextlib
 import os
 import signal
+import stat
 import subprocess
 import sys
 import traceback
@@ -131,6 +133,8 @@ def _play(
             click.echo(click.style(line.text, fg=STATUS_COLORS.get(line.status)))
 
     result = runner.run(request, on_event=show)
+    if result.signal == signal.SIGHUP:
+        _drop_output_to_a_hung_up_terminal()
     if result.stats:
         click.echo()
         for text in events.recap(result.stats):
@@ -141,6 +145,26 @@ def _play(
     if code is not ExitCode.OK:
         click.echo(f"provision: {_verdict(code, result)}", err=True)
     return code
+
+
+def _drop_output_to_a_hung_up_terminal() -> None:
+    """After SIGHUP the terminal may be gone, and a write to it fails (EIO): send what is left to /dev/null.
+
+    Output to a file or pipe is kept. Without this, the recap's first line would end the exit code 129 in a
+    traceback (exit 1), and Python's last flush at exit would turn any code into 120.
+    """
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            fd = stream.fileno()
+        except (OSError, ValueError):  # not a file descriptor (captured output)
+            continue
+        # A character device: the terminal (isatty() is false once it has hung up), or /dev/null already.
+        if stat.S_ISCHR(os.fstat(fd).st_mode):
+            with contextlib.suppress(OSError):
+                stream.flush()
+            os.dup2(devnull, fd)
+    os.close(devnull)
 
 
 def _verdict(code: ExitCode, result: Any) -> str:

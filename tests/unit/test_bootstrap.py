@@ -3,13 +3,13 @@
 import os
 import pty
 import secrets
-import select
 import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import terminal as terminal_io
 import yaml
 
 from provision import bootstrap
@@ -119,12 +119,10 @@ def test_a_password_typed_at_a_terminal_is_not_echoed(tmp_path: Path) -> None:
     pid, terminal = pty.fork()
     if pid == 0:  # the child: provision, with the pseudo-terminal as its controlling terminal and stdin
         os.execve(sys.executable, argv, {**os.environ, "HOME": str(tmp_path)})
-    shown = b""
-    # Type once the prompt is shown (or the program has said nothing for 30 s: then it does not prompt at all).
-    while b"password" not in shown and select.select([terminal], [], [], 30)[0]:
-        shown += _read(terminal)
+    # Type once the prompt is shown (or the program has said nothing for a while: then it does not prompt at all).
+    shown = terminal_io.read_until(terminal, b"password")
     os.write(terminal, password.encode() + b"\n")
-    while chunk := _read(terminal):
+    while chunk := terminal_io.read(terminal):
         shown += chunk
     _, status = os.waitpid(pid, 0)
     os.close(terminal)
@@ -132,10 +130,3 @@ def test_a_password_typed_at_a_terminal_is_not_echoed(tmp_path: Path) -> None:
     assert password not in text, f"the password was echoed: {text!r}"
     assert "root@127.0.0.1's password:" in text
     assert os.waitstatus_to_exitcode(status) != 0 and "127.0.0.1" in text  # it went on to connect, and failed
-
-
-def _read(fd: int) -> bytes:
-    try:
-        return os.read(fd, 4096)
-    except OSError:  # EIO: the child closed the terminal
-        return b""
