@@ -35,6 +35,16 @@ STATUS_COLORS = {
     "play": "bright_white",
 }
 
+strategy_option = click.option(
+    "--strategy",
+    type=click.Choice(["mitogen", "linear"]),
+    default="mitogen",
+    show_default=True,
+    envvar="PROVISION_STRATEGY",
+    help="How Ansible runs tasks: Mitogen (one Python per host for the whole run) or Ansible's own linear "
+    "strategy (a new interpreter per task; slower). Also PROVISION_STRATEGY.",
+)
+
 inventory_option = click.option(
     "-i",
     "--inventory",
@@ -72,6 +82,7 @@ def cli(debug: bool) -> None:
 )
 @click.option("--keep-artifacts", is_flag=True, help="Keep ansible-runner's private data dir; print its path.")
 @click.option("-v", "--verbose", count=True, help="Show ansible-playbook's own output (-vv, -vvv: more).")
+@strategy_option
 def up(
     inventory_path: Path,
     limit: str | None,
@@ -82,6 +93,7 @@ def up(
     extra_vars: tuple[str, ...],
     keep_artifacts: bool,
     verbose: int,
+    strategy: str,
 ) -> ExitCode:
     """Provision the hosts in an inventory (runs playbooks/site.yml)."""
     from provision import inventory
@@ -99,6 +111,8 @@ def up(
         extravars=parse_extra_vars(extra_vars),
         keep_artifacts=keep_artifacts,
         verbosity=verbose,
+        strategy=strategy,
+        lock_hosts=not check,
     )
 
 
@@ -107,17 +121,29 @@ def _play(
     inventory_path: Path,
     limit: str | None,
     on_result: Any = None,
+    lock_hosts: bool = False,
     **options: Any,
 ) -> ExitCode:
-    """Run one of our playbooks as `provision up` does: a line per task and host, a recap, an exit code."""
-    from provision import events, inventory, runner
+    """Run one of our playbooks as `provision up` does: a line per task and host, a recap, an exit code.
+
+    With `lock_hosts` (a run that may change hosts), no other such run from this controller may be running on
+    any of its hosts (provision.hostlock).
+    """
+    from provision import argcheck, events, hostlock, inventory, runner
 
     if limit is not None and not limit.strip():
         raise UsageError("--limit is empty; name hosts or groups, e.g. --limit lab1,lab2")
     inv = inventory.load_inventory(inventory_path)  # the slow check (it runs ansible-inventory) goes last
     if limit is not None:
         inventory.check_limit(inv, limit)
-    names = inventory.controller_env_names(inv, options.get("extravars", {}))
+    argcheck.preflight(
+        inv,
+        paths.PLAYBOOKS / playbook,
+        limit=limit,
+        skip_tags=options.get("skip_tags", ()),
+        extravars=options.get("extravars"),
+    )
+    names = inventory.controller_env_names(inv, options.get("extravars") or {})
     request = runner.RunRequest(inventory=inv.path, playbook=playbook, limit=limit, controller_env=names, **options)
     host_width = max(len(h) for h in inv.hosts)
     verbose = options.get("verbosity", 0)
@@ -132,7 +158,12 @@ def _play(
         if line is not None:
             click.echo(click.style(line.text, fg=STATUS_COLORS.get(line.status)))
 
-    result = runner.run(request, on_event=show)
+    locks = {}
+    if lock_hosts:
+        for host in inv.select(limit) if limit else inv.hosts:
+            locks[host] = hostlock.address(host, inv.hostvars.get(host, {}))
+    with hostlock.hold(locks):
+        result = runner.run(request, on_event=show, note=lambda text: _log(f"provision: {text}"))
     if result.signal == signal.SIGHUP:
         _drop_output_to_a_hung_up_terminal()
     if result.stats:
@@ -351,7 +382,8 @@ def _read_token(path: Path) -> str:
 @inventory_option
 @click.option("--limit", help="Only these hosts or groups (Ansible pattern).")
 @click.option("--deep", is_flag=True, help="Re-hash every file instead of trusting its verification record.")
-def weights_verify(inventory_path: Path, limit: str | None, deep: bool) -> ExitCode:
+@strategy_option
+def weights_verify(inventory_path: Path, limit: str | None, deep: bool, strategy: str) -> ExitCode:
     """Report per host whether each model's files are OK, missing or corrupt (changes nothing)."""
     reports: dict[str, dict[str, Any]] = {}
 
@@ -361,7 +393,14 @@ def weights_verify(inventory_path: Path, limit: str | None, deep: bool) -> ExitC
         if event.get("event") in ("runner_on_ok", "runner_on_failed") and isinstance(res.get("report"), dict):
             reports[str(data.get("host"))] = res["report"]
 
-    code = _play("weights_verify.yml", inventory_path, limit, on_result=collect, extravars={"weights_reverify": deep})
+    code = _play(
+        "weights_verify.yml",
+        inventory_path,
+        limit,
+        on_result=collect,
+        extravars={"weights_reverify": deep},
+        strategy=strategy,
+    )
     if reports:
         click.echo()
     for host, report in sorted(reports.items()):
@@ -619,6 +658,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     except ProvisionError as exc:
         if debug:
             traceback.print_exc()
-        click.echo(f"provision: error: {exc}", err=True)
+        for line in str(exc).splitlines() or [""]:  # one line per problem
+            click.echo(f"provision: error: {line}", err=True)
         code = exc.exit_code
     sys.exit(int(code or 0))

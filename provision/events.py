@@ -94,7 +94,14 @@ def _item_label(res: Mapping[str, Any]) -> str:
 
 
 def failure_message(res: Mapping[str, Any]) -> str:
-    """One line saying why a task failed: its msg, with the last line of stderr for a failed command."""
+    """One line saying why a task failed: its msg, with the last line of stderr for a failed command.
+
+    A role's argument check (validate_argument_spec) says only "Validation of arguments failed:" on its msg's
+    first line; its argument_errors, each naming its variable, are the line instead.
+    """
+    errors = res.get("argument_errors")
+    if isinstance(errors, list) and errors:
+        return _one_line("; ".join(" ".join(str(error).split()) for error in errors))
     message = _one_line(str(res.get("msg") or "")).removeprefix("Task failed: ")
     stderr = [line for line in str(res.get("stderr") or "").splitlines() if line.strip()]
     if stderr and (not message or message == "non-zero return code"):

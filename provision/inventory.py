@@ -47,6 +47,66 @@ class Inventory:
                 found += members
         return tuple(dict.fromkeys(found))
 
+    def select(self, pattern: str) -> tuple[str, ...]:
+        """The hosts an Ansible host pattern selects (a play's `hosts:`, a --limit), as ansible-playbook does.
+
+        Terms are joined by "," (or ":"); each is a host or group name, a glob, a ~regex, optionally with a
+        [n] or [m:n] subscript (counting a group's hosts in ansible-inventory's order, its own hosts first, which
+        for nested groups may differ from ansible-playbook's). "&term" intersects and "!term" excludes, after
+        every plain term is added.
+        "@file" reads the terms from a file, one per line.
+        """
+        if pattern.startswith("@"):
+            try:
+                pattern = ",".join(Path(pattern[1:]).read_text(encoding="utf-8").split())
+            except OSError as exc:
+                raise UsageError(f"host pattern {pattern}: cannot read {pattern[1:]} ({exc.strerror})") from exc
+        terms = _split_pattern(pattern)
+        plain = [t for t in terms if t[0] not in "&!"] or ["all"]
+        selected: list[str] = []
+        for term in [*plain, *(t for t in terms if t[0] == "&"), *(t for t in terms if t[0] == "!")]:
+            found = self._term_hosts(term[1:] if term[0] in "&!" else term)
+            if term[0] == "!":
+                selected = [h for h in selected if h not in found]
+            elif term[0] == "&":
+                selected = [h for h in selected if h in found]
+            else:
+                selected += [h for h in found if h not in selected]
+        return tuple(selected)
+
+    def _term_hosts(self, term: str) -> tuple[str, ...]:
+        if term in self.hosts:
+            return (term,)
+        subscript = None if term.startswith("~") else _SUBSCRIPT.match(term)
+        expression = subscript.group(1) if subscript else term
+        try:
+            regex = re.compile(expression[1:] if expression.startswith("~") else fnmatch.translate(expression))
+        except re.error as exc:
+            raise UsageError(f"host pattern {term!r}: not a valid regular expression ({exc})") from exc
+        groups = [g for g in self.groups if regex.match(g)]
+        found = [h for g in groups for h in self.groups[g]]
+        if not groups or expression.startswith("~") or any(c in expression for c in ".?*["):
+            found += [h for h in self.hosts if regex.match(h)]
+        found = list(dict.fromkeys(found))
+        if subscript is None or not found:
+            return tuple(found)
+        index, start, end = subscript.group(2, 3, 5)
+        if index is not None:
+            return (found[int(index)],) if -len(found) <= int(index) < len(found) else ()
+        return tuple(found[int(start) : int(end) + 1 if end else None])
+
+
+# Ansible's host pattern syntax (ansible.inventory.manager): a trailing [n] or [m:n] subscript, and the
+# ":"-separated form of a pattern list, where brackets may hold a ":".
+_SUBSCRIPT = re.compile(r"^(.+)\[(?:(-?[0-9]+)|([0-9]+)([:-])([0-9]*))\]$")
+_COLON_TERMS = re.compile(r"(?:[^\s:\[\]]|\[[^\]]*\])+")
+
+
+def _split_pattern(pattern: str) -> list[str]:
+    """A host pattern's terms: split on "," or, without one, on ":" outside brackets."""
+    terms = pattern.split(",") if "," in pattern else _COLON_TERMS.findall(pattern)
+    return [term.strip() for term in terms if term.strip()]
+
 
 def load_inventory(path: Path | str) -> Inventory:
     """Validate an inventory file or directory and return its hosts with their merged variables."""
@@ -160,20 +220,18 @@ def _groups(listing: dict[str, Any]) -> dict[str, tuple[str, ...]]:
 
 
 def check_limit(inventory: Inventory, limit: str) -> None:
-    """Every host or group name (or glob) in an Ansible --limit pattern must match something in the inventory.
+    """Every term of a --limit pattern (host or group name, glob, ~regex, subscript) must select some host.
 
     Ansible only warns about a term that matches nothing and runs on the rest (or stops with rc 1 when nothing is
-    left); a mistyped exclusion (all:!db1) would even run on the host meant to be left out. Regex (~), file (@)
-    and subscript ([n]) terms are left to Ansible.
+    left); a mistyped exclusion (all:!db1) would even run on the host meant to be left out.
     """
-    for piece in limit.split(","):
-        for term in [piece] if "[" in piece else piece.split(":"):
-            name = term.strip().lstrip("!&")
-            if name and not name.startswith(("~", "@")) and "[" not in name and not inventory.match(name):
-                raise UsageError(
-                    f"--limit {limit!r}: {name!r} matches no host or group in {paths.display(inventory.path)}; "
-                    "nothing was contacted"
-                )
+    for term in _split_pattern(limit):
+        name = term.lstrip("!&")
+        if name and not inventory.select(name):
+            raise UsageError(
+                f"--limit {limit!r}: {name!r} matches no host or group in {paths.display(inventory.path)}; "
+                "nothing was contacted"
+            )
 
 
 # Role variables whose value names an environment variable of the controller that a play reads.

@@ -15,9 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import yaml
-
-from provision import paths
+from provision import argcheck, paths
 from provision.errors import UsageError
 from provision.inventory import Inventory
 
@@ -68,7 +66,7 @@ def render_host(inventory: Inventory, host: str, out_dir: Path | None = None) ->
     variables = HostVars(inventory, host)
     rendered = []
     for item in RENDERABLE:
-        if host not in inventory.match(groups[item.role]):
+        if host not in inventory.select(groups[item.role]):
             continue
         for name, overrides in item.instances(variables):
             instance = HostVars(inventory, host, overrides)
@@ -82,12 +80,7 @@ def render_host(inventory: Inventory, host: str, out_dir: Path | None = None) ->
 def render_groups() -> dict[str, str]:
     """role -> the hosts pattern of the play in playbooks/serving.yml that runs it (for the renderable roles)."""
     playbook = paths.PLAYBOOKS / SERVING_PLAYBOOK
-    plays = yaml.safe_load(playbook.read_text(encoding="utf-8")) or []
-    found = {
-        str(role.get("role") if isinstance(role, dict) else role): str(play.get("hosts"))
-        for play in plays
-        for role in play.get("roles") or []
-    }
+    found = {use.role.name: use.hosts for use in argcheck.role_uses(playbook)}
     missing = sorted({item.role for item in RENDERABLE} - set(found))
     if missing:
         raise UsageError(f"{paths.display(playbook)}: no play runs the role(s) {', '.join(missing)}")
@@ -96,21 +89,17 @@ def render_groups() -> dict[str, str]:
 
 def role_defaults() -> dict[str, Any]:
     """Every role's defaults/main.yml merged, roles in name order."""
-    return _merged_role_files("defaults")
+    merged: dict[str, Any] = {}
+    for role in sorted(path.parent for path in paths.ROLES.glob("*/defaults")):
+        merged.update(argcheck.role_defaults(role))
+    return merged
 
 
 def role_vars() -> dict[str, Any]:
     """Every role's vars/main.yml (internal __names) merged, roles in name order."""
-    return _merged_role_files("vars")
-
-
-def _merged_role_files(kind: str) -> dict[str, Any]:
     merged: dict[str, Any] = {}
-    for defaults in sorted(paths.ROLES.glob(f"*/{kind}/main.yml")):
-        loaded = yaml.safe_load(defaults.read_text(encoding="utf-8")) or {}
-        if not isinstance(loaded, dict):
-            raise UsageError(f"{paths.display(defaults)}: expected a mapping of variables")
-        merged.update(loaded)
+    for role in sorted(path.parent for path in paths.ROLES.glob("*/vars")):
+        merged.update(argcheck.role_vars(role))
     return merged
 
 

@@ -213,7 +213,14 @@ def ssh_argv(name: str, command: tuple[str, ...] = ()) -> list[str]:
     d = dirs()
     for host in status():
         if host.name == name:
-            return ["ssh", *ssh_options(d), "-p", str(host.ssh_port), f"{LAB_USER}@127.0.0.1", *command]
+            # One SSH connection per host shared by the calls of the next 30 s (a new one costs ~1 s of a TCG
+            # guest's CPU); it ends with the VM, whose forwarded port closes. Not where the socket's path would
+            # pass the 108-byte limit of a socket name (%C is 40 characters).
+            control = f"{d.state}/cp-%C"
+            mux = ["-o", "ControlMaster=auto", "-o", f"ControlPath={control}", "-o", "ControlPersist=30s"]
+            if len(control) + 38 > 100:
+                mux = []
+            return ["ssh", *ssh_options(d), *mux, "-p", str(host.ssh_port), f"{LAB_USER}@127.0.0.1", *command]
     raise UsageError(f"no lab host named {name!r} (see: provision lab status)")
 
 

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import pytest
 import yaml
-from labtools import BASE_PORT, ROOT, SESSION_HOSTS, Lab, our_qemu_pids
+from labtools import BASE_PORT, ROOT, SESSION_HOSTS, Lab, our_qemu_pids, phase
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -33,11 +33,12 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     env = {**os.environ, "PROVISION_LAB_STATE": str(state)}
     lab = Lab(inventory=inventory, state=state, env=env)
     try:
-        lab.provision(
-            "lab", "up", "--hosts", str(len(SESSION_HOSTS)), "--base-port", str(BASE_PORT),
-            "--inventory-out", str(inventory / "hosts.yml"),
-            check=True,
-        )  # fmt: skip
+        with phase("session lab up (image and template built first on a cold cache)"):
+            lab.provision(
+                "lab", "up", "--hosts", str(len(SESSION_HOSTS)), "--base-port", str(BASE_PORT),
+                "--inventory-out", str(inventory / "hosts.yml"),
+                check=True,
+            )  # fmt: skip
         yield lab
     finally:
         lab.provision("lab", "down")
@@ -83,10 +84,11 @@ def docker_host(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> str:
     index = max(int(n) for n in re.findall(r"^lab(\d+)\s", listed, re.M)) + 1
     name = f"lab{index}"
     started = tmp_path_factory.mktemp("docker") / "lab-hosts.yml"
-    lab.provision(
-        "lab", "up", "--hosts", str(index), "--flavor", "docker", "--base-port", str(BASE_PORT),
-        "--inventory-out", str(started), check=True,
-    )  # fmt: skip
+    with phase("docker-flavor VM up (flavor built first on a cold cache)"):
+        lab.provision(
+            "lab", "up", "--hosts", str(index), "--flavor", "docker", "--base-port", str(BASE_PORT),
+            "--inventory-out", str(started), check=True,
+        )  # fmt: skip
     hostvars = yaml.safe_load(started.read_text())["all"]["children"]["lab"]["hosts"][name]
     assert hostvars["lab_flavor"] == "docker", f"{name} was already running, as {hostvars['lab_flavor']}"
     running[name] = hostvars

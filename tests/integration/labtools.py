@@ -7,12 +7,17 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from provision.lab.qemu import guest_exec, qga, qmp
 
 ROOT = Path(__file__).resolve().parents[2]
+# Named phases of the suite (a VM start that may build an image first, ...) -> seconds; tests/conftest.py prints
+# them at the end of the run.
+PHASES: dict[str, float] = {}
 BASE_PORT = 2311
 SESSION_HOSTS = ("lab1", "lab2")  # the session lab (conftest.py); modules add lab3.. of other flavors
 
@@ -73,6 +78,16 @@ class Lab:
         proc = self.ssh(host, command, stdin=stdin)
         assert proc.returncode == 0, f"{host}: {command}: {proc.stdout}{proc.stderr}"
         return proc.stdout
+
+
+@contextmanager
+def phase(name: str) -> Iterator[None]:
+    """Time a named phase of the suite (summed when it repeats)."""
+    started = time.monotonic()
+    try:
+        yield
+    finally:
+        PHASES[name] = PHASES.get(name, 0.0) + time.monotonic() - started
 
 
 RECAP = re.compile(r"^(?P<host>\S+)\s+ok=(?P<ok>\d+)\s+changed=(?P<changed>\d+)\s+unreachable=(?P<unreachable>\d+)"

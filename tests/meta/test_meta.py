@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from provision import cli, paths
 
 PACKAGE = Path(cli.__file__).parent
-HEAVY = ("ansible_runner", "jinja2", "paramiko")
+HEAVY = ("ansible", "ansible_runner", "jinja2", "paramiko")
 
 
 def walk(command: click.Command, path: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
@@ -89,6 +89,16 @@ def test_help_stays_light() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=paths.ROOT, check=True)
     assert result.stderr.strip() == "[]"
+
+
+def test_only_argcheck_imports_ansibles_python() -> None:
+    """The rest of provision runs Ansible's commands; argcheck uses its argument-spec validator in-process."""
+    importers = {
+        path.relative_to(PACKAGE).as_posix()
+        for path in PACKAGE.rglob("*.py")
+        if re.search(r"^\s*(from|import) ansible\b", path.read_text(encoding="utf-8"), re.MULTILINE)
+    }
+    assert importers == {"argcheck.py"}
 
 
 # ---- roles: defaults <-> argument specs ---------------------------------------------------------------

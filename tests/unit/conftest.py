@@ -52,3 +52,9 @@ def local_inventory(write: Callable[[str, str], Path]) -> Path:
         "all:\n  hosts:\n    local1:\n      ansible_connection: local\n"
         f"      ansible_python_interpreter: {sys.executable}\n",
     )
+
+
+@pytest.fixture(autouse=True)
+def own_host_locks(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test's `provision up` takes its host locks apart from the user's and other test runs'."""
+    monkeypatch.setenv("PROVISION_LOCK_DIR", str(tmp_path_factory.mktemp("locks")))

@@ -24,7 +24,12 @@ class RunnerStub:
         self.result = result
         self.requests: list[RunRequest] = []
 
-    def __call__(self, request: RunRequest, on_event: Callable[[dict[str, Any]], None]) -> RunResult:
+    def __call__(
+        self,
+        request: RunRequest,
+        on_event: Callable[[dict[str, Any]], None],
+        note: Callable[[str], None] | None = None,
+    ) -> RunResult:
         self.requests.append(request)
         on_event({"event": "playbook_on_play_start", "event_data": {"name": "Prepare the base system"}})
         on_event({"event": "runner_on_ok", "event_data": {"host": "local1", "task": "Do", "res": {}}})

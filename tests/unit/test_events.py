@@ -37,6 +37,19 @@ def test_failed_shows_first_line_of_msg() -> None:
     assert text(ev) == "  failed       lab1  base : Write package mirror sources: boom"
 
 
+def test_a_failed_argument_check_names_the_variables_on_its_line() -> None:
+    """validate_argument_spec's msg says only "Validation of arguments failed:" on its first line."""
+    errors = [
+        "argument 'inference_replicas' is of type str and we were unable to convert to int: \"'two'\" cannot be "
+        "converted to an int",
+        "value of nginx_upstream_method must be one of: least_conn, random, got: fastest",
+    ]
+    res = {"msg": "Validation of arguments failed:\n" + "\n".join(errors), "argument_errors": errors}
+    assert text(event("runner_on_failed", res, task="Validating arguments")) == (
+        "  failed       lab1  base : Validating arguments: " + "; ".join(errors)
+    )
+
+
 def test_failed_shows_details_after_a_separator_line_indented() -> None:
     ev = event("runner_on_failed", {"msg": "deploy failed\nrolled back\n---\nlog line 1\nlog line 2"})
     assert text(ev) == (

@@ -87,6 +87,56 @@ def test_hosts_and_merged_hostvars(write: Write, tmp_path: Path) -> None:
     assert loaded.match("nothing") == ()
 
 
+PATTERNS = [
+    "all",
+    "*",
+    "lab",
+    "lab1",
+    "lab*",
+    "*1",
+    "la?1",
+    "~gpu[12]",
+    "~web|lab2",
+    "lab:gpu",
+    "lab, gpu",
+    "all:!lab",
+    "!lab",
+    "all:&gpu",
+    "serving:&gpu:!gpu2",
+    "lab*:!lab2",
+    "lab[0]",
+    "gpu[1]",
+    "gpu[-1]",
+    "lab[0:1]",
+    "serving[1:]",
+    "nothing",
+    "nothing:lab1",
+]
+
+
+def test_select_matches_ansibles_own_host_patterns(write: Write) -> None:
+    """A play's hosts: and --limit select the hosts ansible-playbook would (its InventoryManager as reference)."""
+    from ansible.inventory.manager import InventoryManager
+    from ansible.parsing.dataloader import DataLoader
+
+    path = write(
+        "hosts.yml",
+        "all:\n  hosts:\n    web:\n  children:\n    lab:\n      hosts: {lab1: , lab2: }\n"
+        "    serving:\n      hosts: {web: }\n      children:\n        gpu:\n          hosts: {gpu1: , gpu2: }\n",
+    )
+    ours = inventory.load_inventory(path)
+    reference = InventoryManager(loader=DataLoader(), sources=[str(path)])
+    for pattern in PATTERNS:
+        expected = sorted(host.name for host in reference.get_hosts(pattern))
+        assert sorted(ours.select(pattern)) == expected, pattern
+    limit_file = write("limit.txt", "lab1\ngpu2\n")
+    assert sorted(ours.select(f"@{limit_file}")) == ["gpu2", "lab1"]
+    with pytest.raises(UsageError, match=r"host pattern '~lab\(': not a valid regular expression"):
+        ours.select("~lab(")
+    with pytest.raises(UsageError, match=r"host pattern @nofile: cannot read nofile"):
+        ours.select("@nofile")
+
+
 def test_vault_tags_do_not_trip_the_syntax_check(write: Write) -> None:
     path = write("v.yml", "secret: !vault |\n  $ANSIBLE_VAULT;1.1;AES256\n  6162\n")
     inventory._check_syntax(path)

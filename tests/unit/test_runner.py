@@ -337,3 +337,101 @@ def _cmdline(pid: str) -> bytes:
         return Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return b""
+
+
+# ---- strategy ----------------------------------------------------------------------------------------
+
+STRATEGY_SITE = """\
+- name: Report the strategy
+  hosts: all
+  gather_facts: false
+  tasks:
+    - name: Report the strategy
+      ansible.builtin.debug:
+        msg: "strategy={{ lookup('ansible.builtin.config', 'DEFAULT_STRATEGY') }}"
+"""
+
+
+def test_mitogen_is_the_default_strategy_and_linear_runs_without_it() -> None:
+    notes: list[str] = []
+    env = runner.envvars(RunRequest(inventory=Path("inv")), notes.append)
+    assert env["ANSIBLE_STRATEGY"] == "mitogen_linear"
+    assert (Path(env["ANSIBLE_STRATEGY_PLUGINS"].split(os.pathsep)[0]) / "mitogen_linear.py").is_file()
+    assert notes == []
+    linear = runner.envvars(RunRequest(inventory=Path("inv"), strategy="linear"), notes.append)
+    assert "ANSIBLE_STRATEGY" not in linear and "ANSIBLE_STRATEGY_PLUGINS" not in linear
+    assert notes == []
+
+
+@pytest.mark.parametrize("mitogen_installed", [True, False])
+def test_up_without_mitogen_says_so_once_and_runs_with_the_stock_strategy(
+    write: Write, local_inventory: Path, tmp_path: Path, mitogen_installed: bool
+) -> None:
+    """The real CLI in a fresh interpreter; "not installed" is an ansible_mitogen package without its plugins
+    ahead of the real one on the path, as a broken or partial install looks."""
+    home = write("home/playbooks/site.yml", STRATEGY_SITE).parents[1]
+    env = {**os.environ, "PROVISION_HOME": str(home)}
+    env.pop("PROVISION_STRATEGY", None)
+    if not mitogen_installed:
+        write("shadow/ansible_mitogen/__init__.py", "")
+        env["PYTHONPATH"] = str(tmp_path / "shadow")
+    proc = subprocess.run(
+        [sys.executable, "-m", "provision", "up", "-i", str(local_inventory), "-v"],
+        env=env, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    about_mitogen = [line for line in proc.stderr.splitlines() if "Mitogen" in line]
+    if mitogen_installed:
+        assert "strategy=mitogen_linear" in proc.stdout
+        assert about_mitogen == []
+    else:
+        assert "strategy=linear" in proc.stdout
+        assert about_mitogen == [
+            "provision: Mitogen's strategy plugin is not installed (pip install 'provision' brings it); "
+            "running with Ansible's stock strategy, which is slower"
+        ]
+    assert "DEPRECATION" not in proc.stdout + proc.stderr
+
+
+# ---- one changing run per host -----------------------------------------------------------------------
+
+SLOW_SITE = """\
+- name: Take a while
+  hosts: all
+  gather_facts: false
+  tasks:
+    - name: Sleep
+      ansible.builtin.command: sleep {{ nap | default(0) }}
+      changed_when: false
+"""
+
+
+def test_a_second_up_on_a_busy_host_stops_naming_the_first_and_no_lock_outlives_a_run(
+    write: Write, local_inventory: Path
+) -> None:
+    home = write("home/playbooks/site.yml", SLOW_SITE).parents[1]
+    env = {**os.environ, "PROVISION_HOME": str(home)}
+    up = [sys.executable, "-m", "provision", "up", "-i", str(local_inventory)]
+    first = subprocess.Popen([*up, "-e", "nap=60"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        locks = Path(os.environ["PROVISION_LOCK_DIR"])
+        while f'"pid": {first.pid},' not in "".join(p.read_text() for p in locks.glob("*.lock")):
+            assert first.poll() is None and time.monotonic() < deadline, "the first run never took its lock"
+            time.sleep(0.1)
+        second = subprocess.run(up, env=env, capture_output=True, text=True, timeout=60, check=False)
+        assert second.returncode == ExitCode.ENVIRONMENT, second.stdout + second.stderr
+        (line,) = second.stderr.splitlines()
+        assert line.startswith("provision: error: local1 (local1:22) is being provisioned by another run: ")
+        assert f"pid {first.pid}," in line and "-e nap=60" in line
+        assert line.endswith("wait for it to end, then run again")
+        assert "PLAY" not in second.stdout, "the second run must stop before its play starts"
+        # --check changes nothing, so it may look while the first run goes on.
+        looking = subprocess.run([*up, "--check"], env=env, capture_output=True, text=True, timeout=60, check=False)
+        assert looking.returncode == 0, looking.stdout + looking.stderr
+    finally:
+        first.send_signal(signal.SIGINT)
+        first.communicate(timeout=60)
+    assert first.returncode == ExitCode.INTERRUPTED
+    after = subprocess.run(up, env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert after.returncode == 0, after.stdout + after.stderr

@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -50,7 +51,10 @@ def model(server: FileServer, dest: Path, mirrors: tuple[str, ...] = ("m1",), **
 
 
 def run(tmp_path: Path, models: list[dict], check: bool = False, **params: object) -> tuple[int, dict]:
-    args = {"models": models, "progress_file": str(tmp_path / "progress.json"), "retries": 0, **params}
+    args = {
+        "models": models, "progress_file": str(tmp_path / "progress.json"), "lock_dir": str(tmp_path / "locks"),
+        "retries": 0, **params,
+    }  # fmt: skip
     if check:
         args["_ansible_check_mode"] = True
     argsfile = tmp_path / "args.json"
@@ -198,12 +202,23 @@ def test_paths_outside_the_model_directory_are_refused(server: FileServer, tmp_p
     assert not (tmp_path / "escape").exists()
 
 
-def test_the_token_is_sent_but_never_shown(server: FileServer, tmp_path: Path) -> None:
+def test_the_token_goes_only_to_its_hosts_over_https_and_is_never_shown(server: FileServer, tmp_path: Path) -> None:
     secret = "hf_" + "s3cr3t" * 5
-    rc, result = run(tmp_path, [model(server, tmp_path / "tiny")], token=secret)
+    # The file server's host is listed, but it speaks plain HTTP: the token must not travel in clear text.
+    rc, result = run(tmp_path, [model(server, tmp_path / "tiny")], token=secret, token_hosts=["127.0.0.1"])
     assert rc == 0
     assert secret not in json.dumps(result)
-    assert all(r.authorization == f"Bearer {secret}" for r in server.requests())
+    assert server.requests() and all(r.authorization is None for r in server.requests())
+    # Over HTTPS: only to the hosts it belongs to, and their subdomains.
+    hosts = ["huggingface.co", "hf-mirror.com."]
+    assert wp.token_allowed("https://huggingface.co/org/m/resolve/main/x", hosts)
+    assert wp.token_allowed("https://cdn-lfs.HuggingFace.co/x", hosts)
+    assert wp.token_allowed("https://hf-mirror.com:443/x", hosts)
+    assert not wp.token_allowed("http://huggingface.co/x", hosts)
+    assert not wp.token_allowed("https://evilhuggingface.co/x", hosts)
+    assert not wp.token_allowed("https://huggingface.co.evil.example/x", hosts)
+    assert not wp.token_allowed("https://my-bucket.oss-cn-hangzhou.aliyuncs.com/x", hosts)
+    assert not wp.token_allowed("https://huggingface.co/x", [])
 
 
 def test_the_progress_file_carries_the_line_the_controller_shows(server: FileServer, tmp_path: Path) -> None:
@@ -272,3 +287,54 @@ def test_the_check_measures_the_hash_only_when_there_is_something_to_pull(server
     assert rc == 0 and pulled["changed"]
     rc, result = run(tmp_path, [m], mode="check")
     assert rc == 0 and not result["needed"] and result["hash_env"] == {}
+
+
+def test_a_second_pull_of_the_same_model_waits_for_the_first_and_keeps_its_bytes(
+    server: FileServer, tmp_path: Path
+) -> None:
+    """What a `provision up` run again while an interrupted run's pull still goes on does on the host."""
+    dest = tmp_path / "tiny"
+    # The first pull stalls 4 s at 8 MiB, then resumes (one retry): long enough to start a second one beside it.
+    server.fault("m1", "model.safetensors", Fault(stall_after=8 << 20, stall_seconds=4, times=1))
+    first_dir, second_dir = tmp_path / "first", tmp_path / "second"
+    first_dir.mkdir()
+    second_dir.mkdir()
+    args = {"models": [model(server, dest)], "lock_dir": str(tmp_path / "locks"), "retries": 1, "timeout": 2}
+
+    def start(where: Path) -> subprocess.Popen[str]:
+        argsfile = where / "args.json"
+        argsfile.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": {**args, "progress_file": str(where / "p.json")}}))
+        return subprocess.Popen([sys.executable, str(MODULE), str(argsfile)], stdout=subprocess.PIPE, text=True)
+
+    first = start(first_dir)
+    deadline = time.monotonic() + 30
+    while not (dest / "model.safetensors.part").exists():
+        assert time.monotonic() < deadline, "the first pull never started writing"
+        time.sleep(0.05)
+    second = start(second_dir)
+    waiting = ""
+    while second.poll() is None and "waiting for the pull" not in waiting:
+        waiting = (second_dir / "p.json").read_text() if (second_dir / "p.json").exists() else ""
+        time.sleep(0.05)
+    assert f"already running here (pid {first.pid})" in waiting, waiting
+    first_out, _ = first.communicate(timeout=60)
+    second_out, _ = second.communicate(timeout=60)
+    assert first.returncode == 0 and second.returncode == 0, (first_out, second_out)
+    result = json.loads(second_out)
+    assert result["changed"] and f"placed by the pull that was already running (pid {first.pid})" in result["summary"]
+    for f in locked(server):
+        assert hashlib.sha256((dest / f["path"]).read_bytes()).hexdigest() == f["sha256"]
+    assert not list(dest.rglob("*.part"))
+    # Only the first pull downloaded: the stalled request and its resume, one request per other file.
+    assert len(server.requests("model.safetensors")) == 2
+    for where in (first_dir, second_dir):
+        state = json.loads((where / "p.json").read_text())
+        assert state["finished"] is True and isinstance(state["pid"], int)
+
+
+def test_the_progress_file_says_finished_when_a_pull_fails(server: FileServer, tmp_path: Path) -> None:
+    huge = model(server, tmp_path / "tiny")
+    huge["files"][1]["size"] = 1 << 50
+    rc, _ = run(tmp_path, [huge])
+    state = json.loads((tmp_path / "progress.json").read_text())
+    assert rc != 0 and state["finished"] is True and isinstance(state["pid"], int)

@@ -11,7 +11,15 @@ Runs on the target with the standard library only.  For each locked file:
   - a mismatch deletes the bad bytes and tries the next mirror; a file no mirror serves correctly fails
     the host, naming the file, the expected and actual digests and the mirrors tried.
 Several files download at once; progress (bytes, rate, ETA) goes to a small JSON file that the role
-polls, so the controller shows it while the download runs asynchronously.
+polls, so the controller shows it while the download runs asynchronously.  The file carries the pull's pid
+and, on every way out, "finished": true, so the poll needs nothing from Ansible's async machinery (Mitogen
+has none of its files).
+
+One pull at a time per model directory: a pull holds an exclusive lock (flock) per model while it surveys,
+downloads and renames.  A second pull of the same model (a `provision up` run again while the first one's
+download, which outlives Ctrl-C, still runs) waits for the lock, showing the first one's progress as its
+own, then surveys again: what the first one placed is verified and kept, only what is still missing is
+pulled.  So two writers never share a .part, and only verified bytes are renamed into place.
 """
 
 # Ansible modules put DOCUMENTATION before the imports (ansible-doc reads it), hence E402.
@@ -52,17 +60,31 @@ options:
     type: int
     default: 60
   token:
-    description: Bearer token sent to the mirrors (never to a host a mirror redirects to).
+    description:
+      - Bearer token for the mirrors named in token_hosts, sent over HTTPS only (never over plain HTTP,
+        never to another host, never to a host a mirror redirects to).
     type: str
+  token_hosts:
+    description: Host names the token belongs to (a name also covers its subdomains).
+    type: list
+    elements: str
+    default: []
   proxy:
     type: str
   progress_file:
-    description: Where a pull writes its progress (bytes, rate, ETA and a summary line) about once a second.
+    description:
+      - Where a pull writes its progress (bytes, rate, ETA and a summary line) about once a second, with its
+        pid, and "finished" true when it ends (however it ends). One file per run.
     type: path
     required: true
+  lock_dir:
+    description: Where the per-model lock files are (one per model directory, held while a pull runs).
+    type: path
+    default: /run/provision/locks
 """
 
 import contextlib
+import fcntl
 import hashlib
 import http.client
 import json
@@ -226,14 +248,10 @@ class Progress:
         }  # fmt: skip
 
     def write(self, finished=False):
-        tmp = self.path + ".tmp"
         state = self.snapshot(finished)
-        with open(tmp, "w") as fh:
-            json.dump({**state, "summary": progress_line(state)}, fh)
-        os.replace(tmp, self.path)
+        write_progress(self.path, {**state, "summary": progress_line(state)})
 
     def __enter__(self):
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
         self.write()
 
         def loop():
@@ -248,6 +266,55 @@ class Progress:
         self.stop.set()
         self.thread.join()
         self.write(finished=True)
+
+
+def write_progress(path, state):
+    """Replace the progress file (one JSON line) atomically; the pid tells the poll whether the pull lives."""
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as fh:
+        json.dump({"finished": False, **state, "pid": os.getpid()}, fh)
+        fh.write("\n")
+    os.replace(tmp, path)
+
+
+def read_json(path):
+    try:
+        with open(path) as fh:
+            data = json.load(fh)
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def lock_models(models, lock_dir, progress_file, poll=1.0):
+    """Hold an exclusive lock per model directory until this process exits; wait while another pull has one.
+
+    Locks are taken in a fixed order (sorted by directory), so two pulls of overlapping model sets cannot
+    deadlock.  The holder writes its pid and progress file into the lock file; a waiting pull shows that
+    progress as its own.  Returns the pids waited for.  Release is the process's exit (the lock files stay).
+    """
+    os.makedirs(lock_dir, mode=0o700, exist_ok=True)
+    waited = []
+    for dest in sorted({m["dest"] for m in models}):
+        name = "weights-" + hashlib.sha256(dest.encode()).hexdigest()[:16] + ".lock"
+        fd = os.open(os.path.join(lock_dir, name), os.O_RDWR | os.O_CREAT, 0o600)
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                holder = read_json(os.path.join(lock_dir, name))
+                if holder.get("pid") and holder["pid"] not in waited:
+                    waited.append(holder.get("pid"))
+                theirs = read_json(holder.get("progress_file") or "").get("summary") or "starting"
+                line = f"waiting for the pull of {dest} already running here (pid {holder.get('pid')}): {theirs}"
+                write_progress(progress_file, {"summary": line})
+                time.sleep(poll)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps({"pid": os.getpid(), "dest": dest, "progress_file": progress_file}).encode(), 0)
+        # The descriptor stays open (and the lock held) until the process exits.
+    return waited
 
 
 class Sink:
@@ -389,6 +456,7 @@ class Puller:
         p = module.params
         self.module, self.progress = module, progress
         self.timeout, self.retries, self.token = p["timeout"], p["retries"], p["token"]
+        self.token_hosts = p["token_hosts"]
         handlers = [urllib.request.ProxyHandler({"http": p["proxy"], "https": p["proxy"]})] if p["proxy"] else []
         self.opener = urllib.request.build_opener(*handlers)
 
@@ -411,7 +479,7 @@ class Puller:
         if have == f["size"]:
             return hasher.hexdigest(), have
         request = urllib.request.Request(url)
-        if self.token:
+        if self.token and token_allowed(url, self.token_hosts):
             request.add_unredirected_header("Authorization", f"Bearer {self.token}")
         if have:
             request.add_header("Range", f"bytes={have}-")
@@ -533,6 +601,15 @@ class Puller:
             os.close(fd)
 
 
+def token_allowed(url, hosts):
+    """Whether the token may go with a request for `url`: HTTPS only, to a host it belongs to (or a subdomain)."""
+    parts = urllib.parse.urlsplit(url)
+    name = (parts.hostname or "").rstrip(".").lower()
+    if parts.scheme != "https" or not name:
+        return False
+    return any(name == h or name.endswith("." + h) for h in (h.strip().rstrip(".").lower() for h in hosts) if h)
+
+
 def redact(url):
     """A URL as it may be shown: without user:password and without a query string (signed URLs)."""
     parts = urllib.parse.urlsplit(url)
@@ -595,16 +672,36 @@ def main():
             retries=dict(type="int", default=2),
             timeout=dict(type="int", default=60),
             token=dict(type="str", no_log=True),
+            token_hosts=dict(type="list", elements="str", default=[]),
             proxy=dict(type="str"),
             progress_file=dict(type="path", required=True),
+            lock_dir=dict(type="path", default="/run/provision/locks"),
         ),
         supports_check_mode=True,
     )
+    p = module.params
+    if p["mode"] != "pull" or module.check_mode:
+        run(module)
+        return
+    # A pull: its progress file says it lives from the first moment, and "finished" on every way out
+    # (exit_json and fail_json raise SystemExit, which passes through here).
+    write_progress(p["progress_file"], {"summary": "starting"})
+    try:
+        run(module)
+    finally:
+        state = read_json(p["progress_file"])
+        write_progress(p["progress_file"], {**state, "finished": True})
+
+
+def run(module):
     p = module.params
     started = time.monotonic()
     problems = check_models(p["models"])
     if problems:
         module.fail_json(msg="; ".join(problems))
+    waited = []
+    if p["mode"] == "pull" and not module.check_mode:
+        waited = lock_models(p["models"], p["lock_dir"], p["progress_file"])
 
     report = {}
     to_pull = []  # (model, file, proven corrupt at its final path)
@@ -685,7 +782,10 @@ def main():
     if errors:
         module.fail_json(msg="; ".join(errors), pulled=notes, changed=bool(notes))
     if not to_pull:
-        module.exit_json(changed=bool(stale), report=report, summary=f"{count(report)} ({elapsed(started)})")
+        summary = f"{count(report)} ({elapsed(started)})"
+        if waited:  # what this run found missing, the pull it waited for has placed (and verified)
+            summary += f"; placed by the pull that was already running (pid {', '.join(map(str, waited))})"
+        module.exit_json(changed=bool(stale or waited), report=report, summary=summary)
     pulled = sum(f["size"] for _, f, _ in to_pull)
     seconds = max(time.monotonic() - started, 1e-6)
     module.exit_json(

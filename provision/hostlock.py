@@ -1,0 +1,73 @@
+"""One changing run at a time per host, from this controller.
+
+Two `provision up` runs against one host race apt, nginx and Docker on it. Before a run that may change
+hosts, the controller takes an exclusive lock (flock) per targeted host, keyed by the address Ansible connects
+to, and holds it until the run ends; a second run finds a lock held and stops before contacting anything,
+naming the run that holds it. The kernel drops a lock when its process ends, however it ends (Ctrl-C,
+SIGTERM, SIGKILL, a crash), so no lock is ever left stale. Locks live in ~/.cache/provision/locks (0700;
+PROVISION_LOCK_DIR elsewhere);
+runs from another controller are not seen (the weights role's own per-model lock on the host still keeps
+two pulls of one model apart).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from provision.errors import HostBusy
+
+
+def lock_dir() -> Path:
+    return Path(os.environ.get("PROVISION_LOCK_DIR") or "~/.cache/provision/locks").expanduser()
+
+
+def address(name: str, hostvars: Mapping[str, Any]) -> str:
+    """What makes two inventory entries the same machine: the address and port Ansible connects to."""
+    host = hostvars.get("ansible_host") or name
+    port = hostvars.get("ansible_port") or 22
+    return f"{host}:{port}"
+
+
+@contextlib.contextmanager
+def hold(hosts: Mapping[str, str]) -> Iterator[None]:
+    """Lock every host (name -> address) for the duration of the block, or raise HostBusy at once."""
+    if not hosts:
+        yield
+        return
+    directory = lock_dir()
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    held: list[int] = []
+    try:
+        for name, key in sorted(hosts.items(), key=lambda item: item[1]):  # a fixed order: no deadlock
+            path = directory / (hashlib.sha256(key.encode()).hexdigest()[:24] + ".lock")
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+            held.append(fd)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise HostBusy(f"{name} ({key}) is being provisioned by another run: {_holder(path)}; "
+                               "wait for it to end, then run again") from None  # fmt: skip
+            os.ftruncate(fd, 0)
+            info = {"pid": os.getpid(), "started": time.strftime("%H:%M:%S"), "argv": sys.argv[1:]}
+            os.pwrite(fd, json.dumps(info).encode(), 0)
+        yield
+    finally:
+        for fd in held:
+            os.close(fd)
+
+
+def _holder(path: Path) -> str:
+    try:
+        info = json.loads(path.read_text())
+        return f"pid {info['pid']}, started {info['started']}, `provision {' '.join(info['argv'])}`"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "a run that is just starting"
