@@ -279,8 +279,12 @@ def _stop_signals() -> Iterator[_Stop]:
     def handle(signum: int, frame: FrameType | None) -> None:
         stop.signum = stop.signum or signum
 
-    main_thread = threading.current_thread() is threading.main_thread()
-    previous = {signum: signal.signal(signum, handle) for signum in STOP_SIGNALS} if main_thread else {}
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for signum in STOP_SIGNALS:
+            # An ignored signal stays ignored: nohup ignores SIGHUP, a shell ignores SIGINT for background jobs.
+            if signal.getsignal(signum) is not signal.SIG_IGN:
+                previous[signum] = signal.signal(signum, handle)
     try:
         yield stop
     finally:

@@ -231,6 +231,23 @@ def test_sigterm_and_sighup_stop_the_run_like_ctrl_c(
     assert not _survivors(local_inventory), "processes of the stopped run are still running"
 
 
+def test_an_ignored_signal_stays_ignored(project: Path, local_inventory: Path) -> None:
+    """nohup ignores SIGHUP so that a run outlives its terminal: the run must not install a handler over that."""
+
+    def on_event(event: dict[str, Any]) -> None:
+        if event["event"] == "runner_on_start":
+            os.kill(os.getpid(), signal.SIGHUP)
+
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        result = run(project, local_inventory, on_event, tags=("report",))
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+    assert result.status == "successful" and result.signal is None
+    assert runner.outcome(result) is ExitCode.OK
+
+
 @pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGHUP, 129)])
 def test_provision_up_exits_128_plus_the_signal_and_leaves_nothing_behind(
     project: Path, local_inventory: Path, tmp_path: Path, signum: int, code: int
