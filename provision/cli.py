@@ -162,7 +162,7 @@ def _play(
     if lock_hosts:
         for host in inv.select(limit) if limit else inv.hosts:
             locks[host] = hostlock.address(host, inv.hostvars.get(host, {}))
-    with hostlock.hold(locks):
+    with hostlock.hold(locks, note=lambda text: _log(f"provision: {text}")):
         result = runner.run(request, on_event=show, note=lambda text: _log(f"provision: {text}"))
     if result.signal == signal.SIGHUP:
         _drop_output_to_a_hung_up_terminal()

@@ -37,11 +37,5 @@ class EnvironmentProblem(ProvisionError):
     exit_code = ExitCode.ENVIRONMENT
 
 
-class HostBusy(ProvisionError):
-    """Another run of provision is changing the host (see provision.hostlock)."""
-
-    exit_code = ExitCode.ENVIRONMENT
-
-
 class Interrupted(ProvisionError):
     exit_code = ExitCode.INTERRUPTED

@@ -2,8 +2,8 @@
 
 Two `provision up` runs against one host race apt, nginx and Docker on it. Before a run that may change
 hosts, the controller takes an exclusive lock (flock) per targeted host, keyed by the address Ansible connects
-to, and holds it until the run ends; a second run finds a lock held and stops before contacting anything,
-naming the run that holds it. The kernel drops a lock when its process ends, however it ends (Ctrl-C,
+to, and holds it until the run ends; a second run finds a lock held, says which run holds it, and waits for it
+to end before contacting anything. The kernel drops a lock when its process ends, however it ends (Ctrl-C,
 SIGTERM, SIGKILL, a crash), so no lock is ever left stale. Locks live in ~/.cache/provision/locks (0700;
 PROVISION_LOCK_DIR elsewhere);
 runs from another controller are not seen (the weights role's own per-model lock on the host still keeps
@@ -19,11 +19,9 @@ import json
 import os
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
-
-from provision.errors import HostBusy
 
 
 def lock_dir() -> Path:
@@ -38,8 +36,9 @@ def address(name: str, hostvars: Mapping[str, Any]) -> str:
 
 
 @contextlib.contextmanager
-def hold(hosts: Mapping[str, str]) -> Iterator[None]:
-    """Lock every host (name -> address) for the duration of the block, or raise HostBusy at once."""
+def hold(hosts: Mapping[str, str], note: Callable[[str], None]) -> Iterator[None]:
+    """Lock every host (name -> address) for the duration of the block, first waiting for the runs that hold
+    one, saying so through `note` (Ctrl-C while waiting interrupts as usual)."""
     if not hosts:
         yield
         return
@@ -54,8 +53,9 @@ def hold(hosts: Mapping[str, str]) -> Iterator[None]:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                raise HostBusy(f"{name} ({key}) is being provisioned by another run: {_holder(path)}; "
-                               "wait for it to end, then run again") from None  # fmt: skip
+                note(f"{name} ({key}) is being provisioned by another run: {_holder(path)}; waiting for it to end "
+                     "(Ctrl-C to give up)")  # fmt: skip
+                fcntl.flock(fd, fcntl.LOCK_EX)
             os.ftruncate(fd, 0)
             info = {"pid": os.getpid(), "started": time.strftime("%H:%M:%S"), "argv": sys.argv[1:]}
             os.pwrite(fd, json.dumps(info).encode(), 0)

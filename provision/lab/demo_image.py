@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from provision import demo_server
-from provision.lab.image import MIRROR, SECURITY_MIRROR, SUITE, _run
+from provision.lab.image import MIRROR, SECURITY_MIRROR, SUITE, _run, building
 from provision.lab.qemu import require_tool
 
 NAME = "provision-demo"
@@ -79,6 +79,13 @@ def ensure_demo_image(cache_dir: Path, log: Callable[[str], None]) -> DemoImage:
     image = DemoImage(cache_dir / "demo-images" / f"{NAME}-{tag}.tar", f"{NAME}:{tag}")
     if image.archive.exists():
         return image
+    with building(image.archive):
+        if not image.archive.exists():  # built meanwhile by another process
+            _build(image, log)
+    return image
+
+
+def _build(image: DemoImage, log: Callable[[str], None]) -> None:
     require_tool("mmdebstrap", "mmdebstrap")
     log(f"building the demo server image {image.name}")
     image.archive.parent.mkdir(parents=True, exist_ok=True)
@@ -103,4 +110,3 @@ def ensure_demo_image(cache_dir: Path, log: Callable[[str], None]) -> DemoImage:
         partial.chmod(0o644)
         partial.rename(image.archive)
     log(f"demo image ready: {image.archive} ({image.archive.stat().st_size // 2**20} MiB)")
-    return image

@@ -7,12 +7,14 @@ initrd taken out of it, which qemu boots directly.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -204,12 +206,30 @@ def recipe_hash(flavor: str = "plain") -> str:
     return hashlib.sha256(json.dumps(recipe(flavor), sort_keys=True).encode()).hexdigest()[:16]
 
 
+@contextlib.contextmanager
+def building(target: Path) -> Iterator[None]:
+    """Hold the build lock of a cached artefact: one build at a time, a second builder waits and then finds it
+    built (the test suite builds flavors in the background while the first tests run)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / f".{target.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def ensure_base_image(cache_dir: Path, log: Callable[[str], None], flavor: str = "plain") -> BaseImage:
     """Return the cached image for the flavor's current recipe, building it first if needed (~2-3 min)."""
     name = "debian12" if flavor == "plain" else f"debian12-{flavor}"
     image = BaseImage(cache_dir / "images" / f"{name}-{recipe_hash(flavor)}")
     if image.exists():
         return image
+    with building(image.directory):
+        if image.exists():  # built meanwhile by another process
+            return image
+        _build_base_image(image, log, flavor)
+    return image
+
+
+def _build_base_image(image: BaseImage, log: Callable[[str], None], flavor: str) -> None:
     require_tool("mmdebstrap", "mmdebstrap")
     require_tool("mkfs.ext4", "e2fsprogs")
     require_tool(QEMU_IMG, "qemu-utils")
@@ -255,7 +275,6 @@ def ensure_base_image(cache_dir: Path, log: Callable[[str], None], flavor: str =
         (staging / "root.qcow2").chmod(0o444)  # the base of every overlay: never written again
         staging.rename(image.directory)
     log(f"lab image ready: {image.directory}")
-    return image
 
 
 def _only(paths: object) -> Path:

@@ -11,17 +11,50 @@ import os
 import re
 import shutil
 import subprocess
+import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import yaml
-from labtools import BASE_PORT, ROOT, SESSION_HOSTS, Lab, our_qemu_pids, phase
+from labtools import BASE_PORT, PHASES, ROOT, SESSION_HOSTS, Lab, our_qemu_pids, phase
+
+# The images the later modules start VMs of, in the order they need them. On a cold cache they are built in the
+# background while the first modules run on the session lab (a build is mostly downloads and unpacking; the
+# session's VMs mostly wait on their guests), instead of one after the other when each module starts.
+LATER_IMAGES = {
+    "test_4_security.py": ("oci",),
+    "test_4b_selinux.py": ("selinux",),
+    "test_5_serving.py": ("docker", "demo"),
+}
+_wanted_images: list[str] = []
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "integration" in item.nodeid.split("/"):
             item.add_marker(pytest.mark.integration)
+    modules = {Path(str(item.fspath)).name for item in items}
+    for module, images in LATER_IMAGES.items():
+        if module in modules:
+            _wanted_images.extend(images)
+
+
+def _prebuild(images: list[str]) -> None:
+    from provision.lab import dirs
+    from provision.lab.demo_image import ensure_demo_image
+    from provision.lab.image import ensure_base_image
+
+    cache = dirs().cache
+    for name in images:
+        with phase(f"background build of the {name} image (cold cache only)"):
+            try:
+                if name == "demo":
+                    ensure_demo_image(cache, log=lambda text: None)
+                else:
+                    ensure_base_image(cache, log=lambda text: None, flavor=name)
+            except Exception as exc:  # the module that needs it builds it again, and fails with the reason
+                PHASES[f"background build of the {name} image failed: {exc}"] = 0.0
 
 
 @pytest.fixture(scope="session")
@@ -32,6 +65,8 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     shutil.copytree(ROOT / "inventories" / "lab" / "group_vars", inventory / "group_vars")
     env = {**os.environ, "PROVISION_LAB_STATE": str(state)}
     lab = Lab(inventory=inventory, state=state, env=env)
+    builder = threading.Thread(target=_prebuild, args=(_wanted_images,), name="prebuild", daemon=True)
+    builder.start()
     try:
         with phase("session lab up (image and template built first on a cold cache)"):
             lab.provision(
@@ -41,6 +76,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
             )  # fmt: skip
         yield lab
     finally:
+        builder.join()  # never leave a build half done (its temporary directory in the cache)
         lab.provision("lab", "down")
         leftover = our_qemu_pids(state)
         assert not leftover, f"lab down left qemu processes running: {leftover}"

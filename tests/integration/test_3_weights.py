@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import re
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
-from labtools import Lab, recap
+from labtools import ROOT, Lab, recap
 from test_2_disks import MOUNT, reset_disk
 
 from provision.lab.fileserver import Fault, FileServer, make_file
@@ -24,6 +28,7 @@ from provision.weights import lockfile
 
 BIG = 1 << 30  # the acceptance's "at least 1 GiB"
 HALF = BIG // 2
+SLOW = 64 << 20
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +38,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FileServer]:
     make_file(root / "big/config.json", 700, seed=2)
     make_file(root / "tiny/config.json", 500, seed=3)
     make_file(root / "tiny/tokenizer.json", 40_000, seed=4)
+    make_file(root / "slow/model.bin", SLOW, seed=5)
     with FileServer(root) as server:
         yield server
 
@@ -41,7 +47,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FileServer]:
 def locks(served: FileServer, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Lockfiles made with the CLI's own code from the served directories, as a user would make them."""
     out = tmp_path_factory.mktemp("locks")
-    for name in ("big", "tiny"):
+    for name in ("big", "tiny", "slow"):
         (out / f"{name}.lock.yml").write_text(lockfile.dump(lockfile.from_directory(served.root / name, name, "r1")))
     return out
 
@@ -191,3 +197,55 @@ def test_a_model_bigger_than_the_disk_fails_before_downloading(
     assert rc == 1, out
     assert re.search(rf"not enough space on {MOUNT}: need 1\.0 TiB, have 1\d\.\d GiB", out), out
     assert served.requests() == []
+
+
+def test_an_interrupted_run_and_two_runs_at_once_leave_exactly_the_locked_bytes(
+    disk_ready: Lab, tmp_path: Path, served: FileServer, locks: Path
+) -> None:
+    """The pull outlives a Ctrl-C of `provision up` (as our message says, run it again): the next run's pull must
+    not write beside it. And two whole runs started together on one host must both end clean."""
+    lab = disk_ready
+    # Slow on purpose: the first request stalls at 16 MiB until the pull's 5 s timeout resumes it.
+    inv = inventory(lab, tmp_path, served, locks, [{"name": "slow", "lockfile": "locks/slow.lock.yml"}],
+                    weights_timeout=5, weights_retries=1)  # fmt: skip
+    command = [sys.executable, "-m", "provision", "up", "-i", str(inv), "--tags", "weights", "--limit", "lab1"]
+    expected = lockfile.load(locks / "slow.lock.yml").files[0].sha256
+
+    def start() -> subprocess.Popen[str]:
+        return subprocess.Popen(command, cwd=ROOT, env=lab.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True)  # fmt: skip
+
+    def on_disk() -> str:
+        return lab.sh("lab1", f"sudo sha256sum {MOUNT}/slow/model.bin; ls {MOUNT}/slow").split()[0]
+
+    served.clear()
+    served.fault("m1", "slow/model.bin", Fault(stall_after=16 << 20, stall_seconds=30, times=1))
+    first = start()
+    deadline = time.monotonic() + 300
+    while not served.requests("slow/model.bin"):
+        assert first.poll() is None and time.monotonic() < deadline, "the first run never started its pull"
+        time.sleep(0.2)
+    first.send_signal(signal.SIGINT)
+    out, _ = first.communicate(timeout=120)
+    assert first.returncode == 130, out
+
+    again = start()
+    out, _ = again.communicate(timeout=600)
+    assert again.returncode == 0, out
+    assert "Traceback" not in out
+    assert "placed by the pull that was already running" in out, out
+    assert on_disk() == expected
+    # Only the interrupted run's pull downloaded: its stalled request and its resume.
+    assert len(served.requests("slow/model.bin")) == 2, served.requests("slow/model.bin")
+    assert lab.ssh("lab1", f"ls {MOUNT}/slow/model.bin.part").returncode != 0
+
+    lab.sh("lab1", f"sudo rm -r {MOUNT}/slow")
+    served.clear()
+    served.fault("m1", "slow/model.bin", Fault(stall_after=16 << 20, stall_seconds=30, times=1))
+    both = [start(), start()]
+    outs = [run.communicate(timeout=600)[0] for run in both]
+    assert [run.returncode for run in both] == [0, 0], outs
+    assert sum("is being provisioned by another run" in out for out in outs) == 1, outs
+    assert not any("Traceback" in out for out in outs)
+    assert on_disk() == expected
+    assert len(served.requests("slow/model.bin")) == 2

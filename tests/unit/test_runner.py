@@ -423,32 +423,45 @@ SLOW_SITE = """\
 """
 
 
-def test_a_second_up_on_a_busy_host_stops_naming_the_first_and_no_lock_outlives_a_run(
+def test_a_second_up_on_a_busy_host_waits_for_the_first_and_no_lock_outlives_a_run(
     write: Write, local_inventory: Path
 ) -> None:
     home = write("home/playbooks/site.yml", SLOW_SITE).parents[1]
     env = {**os.environ, "PROVISION_HOME": str(home)}
     up = [sys.executable, "-m", "provision", "up", "-i", str(local_inventory)]
-    first = subprocess.Popen([*up, "-e", "nap=60"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 60
-        locks = Path(os.environ["PROVISION_LOCK_DIR"])
-        while f'"pid": {first.pid},' not in "".join(p.read_text() for p in locks.glob("*.lock")):
-            assert first.poll() is None and time.monotonic() < deadline, "the first run never took its lock"
-            time.sleep(0.1)
-        second = subprocess.run(up, env=env, capture_output=True, text=True, timeout=60, check=False)
-        assert second.returncode == ExitCode.ENVIRONMENT, second.stdout + second.stderr
-        (line,) = second.stderr.splitlines()
-        assert line.startswith("provision: error: local1 (local1:22) is being provisioned by another run: ")
-        assert f"pid {first.pid}," in line and "-e nap=60" in line
-        assert line.endswith("wait for it to end, then run again")
-        assert "PLAY" not in second.stdout, "the second run must stop before its play starts"
-        # --check changes nothing, so it may look while the first run goes on.
-        looking = subprocess.run([*up, "--check"], env=env, capture_output=True, text=True, timeout=60, check=False)
-        assert looking.returncode == 0, looking.stdout + looking.stderr
-    finally:
-        first.send_signal(signal.SIGINT)
-        first.communicate(timeout=60)
-    assert first.returncode == ExitCode.INTERRUPTED
+
+    def start(*more: str) -> subprocess.Popen[str]:
+        return subprocess.Popen([*up, *more], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    first = start("-e", "nap=8")
+    started = time.monotonic()
+    deadline = started + 60
+    locks = Path(os.environ["PROVISION_LOCK_DIR"])
+    while f'"pid": {first.pid},' not in "".join(p.read_text() for p in locks.glob("*.lock")):
+        assert first.poll() is None and time.monotonic() < deadline, "the first run never took its lock"
+        time.sleep(0.1)
+    second = start()
+    # --check changes nothing, so it may look while the first run goes on.
+    looking = subprocess.run([*up, "--check"], env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert looking.returncode == 0 and first.poll() is None, looking.stdout + looking.stderr
+    second_out, second_err = second.communicate(timeout=120)
+    second_done = time.monotonic()
+    first.communicate(timeout=60)
+    assert first.returncode == 0 and second.returncode == 0, second_out + second_err
+    (line,) = second_err.splitlines()
+    assert line.startswith("provision: local1 (local1:22) is being provisioned by another run: ")
+    assert f"pid {first.pid}," in line and "-e nap=8" in line
+    assert line.endswith("waiting for it to end (Ctrl-C to give up)")
+    assert second_done - started >= 8, "the second run ended before the first one's 8 s task could"
+
+    # A run stopped by Ctrl-C leaves no lock behind: the next one goes straight on.
+    interrupted = start("-e", "nap=60")
+    while f'"pid": {interrupted.pid},' not in "".join(p.read_text() for p in locks.glob("*.lock")):
+        assert interrupted.poll() is None, "the run never took its lock"
+        time.sleep(0.1)
+    time.sleep(2)
+    interrupted.send_signal(signal.SIGINT)
+    interrupted.communicate(timeout=60)
+    assert interrupted.returncode == ExitCode.INTERRUPTED
     after = subprocess.run(up, env=env, capture_output=True, text=True, timeout=60, check=False)
-    assert after.returncode == 0, after.stdout + after.stderr
+    assert after.returncode == 0 and "waiting" not in after.stderr, after.stdout + after.stderr
