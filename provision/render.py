@@ -89,17 +89,18 @@ def render_groups() -> dict[str, str]:
 
 def role_defaults() -> dict[str, Any]:
     """Every role's defaults/main.yml merged, roles in name order."""
-    merged: dict[str, Any] = {}
-    for role in sorted(path.parent for path in paths.ROLES.glob("*/defaults")):
-        merged.update(argcheck.role_defaults(role))
-    return merged
+    return _every_role(argcheck.role_defaults, "defaults")
 
 
 def role_vars() -> dict[str, Any]:
     """Every role's vars/main.yml (internal __names) merged, roles in name order."""
+    return _every_role(argcheck.role_vars, "vars")
+
+
+def _every_role(read: Callable[[Path], dict[str, Any]], folder: str) -> dict[str, Any]:
     merged: dict[str, Any] = {}
-    for role in sorted(path.parent for path in paths.ROLES.glob("*/vars")):
-        merged.update(argcheck.role_vars(role))
+    for role in sorted(path.parent for path in paths.ROLES.glob(f"*/{folder}")):
+        merged.update(read(role))
     return merged
 
 
