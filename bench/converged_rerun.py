@@ -99,15 +99,17 @@ def checked_things(inventory: Path, host: str, env: dict[str, str]) -> dict[str,
     try:
         for event_file in kept.glob("artifacts/*/job_events/*.json"):
             event = json.loads(event_file.read_text())
-            if event.get("event") != "runner_on_ok":
+            if event.get("event") not in ("runner_on_ok", "runner_item_on_ok"):
                 continue
             data = event["event_data"]
             res, action = data.get("res") or {}, str(data.get("task_action", ""))
-            for key in ("path", "dest"):
-                if isinstance(res.get(key), str) and res[key].startswith("/"):
-                    paths.add(res[key])
-            if action.endswith(("systemd", "systemd_service", "service")) and isinstance(res.get("name"), str):
-                units.add(res["name"])
+            args = (res.get("invocation") or {}).get("module_args") or {}
+            for where in (res, args, res.get("stat") or {}):
+                for key in ("path", "dest"):
+                    if isinstance(where.get(key), str) and where[key].startswith("/"):
+                        paths.add(where[key])
+            if action.endswith(("systemd", "systemd_service", "service")):
+                units.update(name for name in (res.get("name"), args.get("name")) if isinstance(name, str))
     finally:
         shutil.rmtree(kept, ignore_errors=True)
     return {"paths": sorted(paths), "units": sorted(units)}
