@@ -607,6 +607,7 @@ def covers(plan: Any, offset: int) -> bool:
     ("size", "stride", "strided"),
     [
         (4 * MIB, 16 * MIB, 1),  # the first and last 4 MiB are the whole disk
+        (6 * MIB + 512, 16 * MIB, 1),
         (1 * GIB, 16 * MIB, 64),
         (20 * GIB, 16 * MIB, 1280),  # the lab's data disk
         (20 * GIB + 3 * 512, 16 * MIB, 1281),  # not a multiple of 4 KiB: the last read comes back short

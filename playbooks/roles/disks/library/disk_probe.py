@@ -322,7 +322,9 @@ def metadata_offsets(size: int) -> list[int]:
     for start in FS_STARTS:
         room = size - start
         groups = room // (128 * MIB)
-        sparse = {1} | {base**power for base in (3, 5, 7) for power in range(1, 40) if base**power < groups}
+        sparse = [1]
+        for base in (3, 5, 7):
+            sparse += [base**power for power in range(1, groups.bit_length()) if base**power < groups]
         offsets += [start + group * 128 * MIB for group in sparse if group < groups]
         offsets += [start + mirror for mirror in (64 << 10, 64 * MIB, 256 * GIB)]
         blocks = room // 4096
@@ -344,7 +346,7 @@ def plan_scan(size: int) -> ScanPlan:
     stride = scan_stride(size)
     tail = max(0, size - SCAN_EDGE) // SCAN_BLOCK * SCAN_BLOCK
     end = -(-size // SCAN_BLOCK) * SCAN_BLOCK
-    dense = [(0, min(SCAN_EDGE, end))] if tail <= SCAN_EDGE else [(0, SCAN_EDGE), (tail, end)]
+    dense = [(0, end)] if tail <= SCAN_EDGE else [(0, SCAN_EDGE), (tail, end)]
     reads = [(offset, min(MIB, stop - offset)) for start, stop in dense for offset in range(start, stop, MIB)]
     spots = set(range(0, size, stride)) | {offset // SCAN_BLOCK * SCAN_BLOCK for offset in metadata_offsets(size)}
     reads += [(spot, SCAN_BLOCK) for spot in spots if not any(start <= spot < stop for start, stop in dense)]
