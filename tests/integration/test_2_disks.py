@@ -226,7 +226,9 @@ mkfs.ext4 -q /dev/vdb1
 dd if=/dev/zero of=/dev/vdb bs=1M count=1 status=none conv=fsync
 last=$(( $(blockdev --getsize64 /dev/vdb) / 1048576 - 1 ))
 dd if=/dev/zero of=/dev/vdb bs=1M count=1 seek=$last status=none conv=fsync
+udevadm settle
 blockdev --rereadpt /dev/vdb
+udevadm settle
 """
 
 WHOLE_DISK_PARTITION = """
