@@ -305,7 +305,7 @@ os.fsync(fd)
     for host in ("lab1", "lab2"):
         line = next(line for line in refusals if f"{host}-data" in line)
         found = re.search(
-            rf"disks: /dev/vdb \(serial {host}-data\) is not blank: non-zero data at offset [0-9.]+ [MG]iB "
+            rf"disks: /dev/vdb \(aliyun:{host}-data\) is not blank: non-zero data at offset [0-9.]+ [MG]iB "
             rf'\(byte (\d+)\); to wipe it set disks_wipe: \["{host}-data"\]$',
             line,
         )
