@@ -231,6 +231,7 @@ class Gateway:
     key: Path
     settings: dict
     applied: subprocess.CompletedProcess[str]
+    again: subprocess.CompletedProcess[str]
 
     @property
     def authorized(self) -> str:
@@ -251,7 +252,7 @@ class Gateway:
 def tls_gateway(
     lab: Lab, converged: tuple, serving: tuple[Path, str], tmp_path_factory: pytest.TempPathFactory
 ) -> Gateway:
-    """The gateway switched to TLS with a certificate made here and basic auth by `provision up`."""
+    """The gateway switched to TLS with a certificate made here and basic auth by `provision up`, run twice."""
     inventory, host = serving
     certificate, key = certificate_pair(tmp_path_factory.mktemp("tls"), "gateway")
     settings = {
@@ -263,12 +264,14 @@ def tls_gateway(
     (inventory / "host_vars").mkdir(exist_ok=True)
     (inventory / "host_vars" / f"{host}.yml").write_text(yaml.safe_dump(settings))
     applied = lab.provision("up", "-i", str(inventory), "--tags", "nginx", "--limit", host)
-    return Gateway(lab, inventory, host, certificate, key, settings, applied)
+    again = lab.provision("up", "-i", str(inventory), "--tags", "nginx", "--limit", host)
+    return Gateway(lab, inventory, host, certificate, key, settings, applied, again)
 
 
 def test_tls_and_basic_auth_on_the_gateway(lab: Lab, tls_gateway: Gateway) -> None:
     gateway, host = tls_gateway, tls_gateway.host
     assert gateway.applied.returncode == 0, gateway.applied.stdout + gateway.applied.stderr
+    assert recap(gateway.again.stdout)[host]["changed"] == 0, gateway.again.stdout  # the staged set is the live one
     assert lab.sh(host, SERVED_CERTIFICATE).strip() == fingerprint(gateway.certificate)
     assert client(lab, host, "complete", NGINX_TLS, "--tokens", "1")["status"] == 401
     assert client(lab, host, "complete", gateway.authorized, "--tokens", "1")["status"] == 200
