@@ -3,8 +3,10 @@ lab's own phases (VM starts, image builds) that the integration fixtures record 
 
 from __future__ import annotations
 
+import signal
 import sys
 import time
+from collections.abc import Iterator
 
 import pytest
 
@@ -33,3 +35,21 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     labtools = sys.modules.get("labtools")
     for name, seconds in getattr(labtools, "PHASES", {}).items():
         terminalreporter.write_line(f"{seconds:8.1f} s    of which: {name}")
+
+
+@pytest.fixture(autouse=True)
+def signals_as_at_a_terminal() -> Iterator[None]:
+    """Ctrl-C and a hang-up reach the tests, and the processes they start, as they reach a user's terminal.
+
+    A suite started in the background of a non-interactive shell (`cmd &`) inherits SIGINT ignored, and under
+    nohup SIGHUP too; provision keeps a signal its caller ignored ignored, so the signal tests would test that
+    instead. Exec resets a handled signal to its default in the child, but keeps an ignored one ignored.
+    """
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGHUP)}
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

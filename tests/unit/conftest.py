@@ -1,8 +1,7 @@
 """Fixtures for the unit tests: run the real CLI entry point and capture what it prints."""
 
-import signal
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,21 +58,3 @@ def local_inventory(write: Callable[[str, str], Path]) -> Path:
 def own_host_locks(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     """Each test's `provision up` takes its host locks apart from the user's and other test runs'."""
     monkeypatch.setenv("PROVISION_LOCK_DIR", str(tmp_path_factory.mktemp("locks")))
-
-
-@pytest.fixture(autouse=True)
-def signals_as_at_a_terminal() -> Iterator[None]:
-    """Ctrl-C and a hang-up reach the tests (and the processes they start) as they reach a user's terminal.
-
-    A suite started in the background of a non-interactive shell (`cmd &`) inherits SIGINT ignored, and under
-    nohup SIGHUP too; provision keeps a signal its caller ignored ignored, so the signal tests would test that
-    instead. Exec resets a handled signal to its default in the child, but keeps an ignored one ignored.
-    """
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGHUP)}
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGHUP, signal.SIG_DFL)
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
