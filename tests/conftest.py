@@ -3,6 +3,7 @@ lab's own phases (VM starts, image builds) that the integration fixtures record 
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import time
@@ -11,6 +12,16 @@ from collections.abc import Iterator
 import pytest
 
 _spans: dict[str, list[float]] = {}  # a directory (unit/meta/golden) or an integration module -> [first, last]
+_cpu: dict[str, list[tuple[int, int]]] = {}  # the same groups -> [(busy, total) jiffies at first, at last]
+
+
+def _cpu_jiffies() -> tuple[int, int]:
+    """The machine's CPU time so far, busy and in all: how much of it a phase used says whether it waited on
+    something (a guest's network, a timeout) or had every core busy."""
+    with open("/proc/stat") as stat:
+        fields = [int(n) for n in stat.readline().split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return sum(fields) - idle, sum(fields)
 
 
 def _group(nodeid: str) -> str:
@@ -20,10 +31,12 @@ def _group(nodeid: str) -> str:
 
 def pytest_runtest_logstart(nodeid: str) -> None:
     _spans.setdefault(_group(nodeid), [time.monotonic(), time.monotonic()])
+    _cpu.setdefault(_group(nodeid), [_cpu_jiffies(), _cpu_jiffies()])
 
 
 def pytest_runtest_logfinish(nodeid: str) -> None:
     _spans[_group(nodeid)][1] = time.monotonic()
+    _cpu[_group(nodeid)][1] = _cpu_jiffies()
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
@@ -31,10 +44,19 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         return
     terminalreporter.section("phase times")
     for group, (first, last) in _spans.items():
-        terminalreporter.write_line(f"{last - first:8.1f} s  {group}")
+        (busy0, total0), (busy1, total1) = _cpu[group]
+        busy = f"{100 * (busy1 - busy0) / (total1 - total0):3.0f}% CPU busy" if total1 > total0 else ""
+        terminalreporter.write_line(f"{last - first:8.1f} s  {group:<44} {busy}")
     labtools = sys.modules.get("labtools")
     for name, seconds in getattr(labtools, "PHASES", {}).items():
         terminalreporter.write_line(f"{seconds:8.1f} s    of which: {name}")
+    timings = os.environ.get("PROVISION_TEST_TIMINGS", "")
+    if timings and os.path.exists(timings):  # one line per provision call the integration tests made
+        with open(timings) as log:
+            calls = sorted(log, key=lambda line: -float(line.split("s", 1)[0]))
+        terminalreporter.section(f"slowest provision calls (all {len(calls)} in {timings})")
+        for line in calls[:15]:
+            terminalreporter.write_line(line.rstrip()[:160])
 
 
 @pytest.fixture(autouse=True)
