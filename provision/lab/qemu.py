@@ -280,9 +280,16 @@ class Vm:
             return
         try:
             with qga(self.qga_path, timeout=15.0) as agent:
-                agent.send({"execute": "guest-shutdown", "arguments": {"mode": "powerdown"}})
-        except (OSError, ConnectionError, ValueError):
-            pass
+                # systemd's own poweroff: the agent's guest-shutdown (and the ACPI power button) go through
+                # logind's scheduled shutdown, which an enforcing SELinux policy refuses ("Failed to save
+                # information about scheduled shutdowns"), and the guest then ran on until the timeout below.
+                agent.call("guest-exec", path="/usr/bin/systemctl", arg=["poweroff"])
+        except (OSError, ConnectionError, ValueError, RuntimeError):
+            try:
+                with qga(self.qga_path, timeout=5.0) as agent:
+                    agent.send({"execute": "guest-shutdown", "arguments": {"mode": "powerdown"}})
+            except (OSError, ConnectionError, ValueError):
+                pass
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and pid_alive(pid):
             time.sleep(0.2)
