@@ -1,7 +1,7 @@
 """Benchmark: a no-change re-run of site.yml on converged lab hosts, four ways, in one window.
 
 For a plain host (base, disks, ssh, firewall, ...) and a serving host (Docker, a demo replica, nginx):
-  stock    `ansible-playbook` with Ansible's defaults (no pipelining, no ControlPersist, full facts)
+  stock    `ansible-playbook` with Ansible's defaults (no pipelining, ControlPersist 60 s, full facts every run)
   linear   `provision up --strategy linear` (our settings, Ansible's own strategy)
   mitogen  `provision up` (the default: Mitogen)
   floor    one remote python3, over one new SSH connection, that stats every file and reads every unit
@@ -71,7 +71,7 @@ def timed(argv: list[str], env: dict[str, str], converged: bool = True) -> tuple
 
 
 def stock_setup(tmp: Path, env: dict[str, str]) -> tuple[Path, dict[str, str]]:
-    """The same playbooks without our ansible.cfg and minimal fact subset, and Ansible's default SSH settings."""
+    """The same playbooks without our ansible.cfg and minimal fact subset: Ansible's defaults throughout."""
     playbooks = tmp / "stock-playbooks"
     shutil.copytree(ROOT / "playbooks", playbooks, ignore=shutil.ignore_patterns("ansible.cfg"), dirs_exist_ok=True)
     for play in playbooks.glob("*.yml"):
@@ -80,9 +80,6 @@ def stock_setup(tmp: Path, env: dict[str, str]) -> tuple[Path, dict[str, str]]:
     stock_env = {
         **env,
         "ANSIBLE_CONFIG": str(ROOT / "bench/stock-ansible.cfg"),
-        "ANSIBLE_SSH_ARGS": "-o ControlMaster=no",  # no ControlPersist
-        "ANSIBLE_PIPELINING": "False",
-        "ANSIBLE_GATHERING": "implicit",
         "ANSIBLE_ROLES_PATH": str(playbooks / "roles"),
     }
     return playbooks / "site.yml", stock_env
@@ -99,15 +96,17 @@ def checked_things(inventory: Path, host: str, env: dict[str, str]) -> dict[str,
     try:
         for event_file in kept.glob("artifacts/*/job_events/*.json"):
             event = json.loads(event_file.read_text())
-            if event.get("event") != "runner_on_ok":
+            if event.get("event") not in ("runner_on_ok", "runner_item_on_ok"):
                 continue
             data = event["event_data"]
             res, action = data.get("res") or {}, str(data.get("task_action", ""))
-            for key in ("path", "dest"):
-                if isinstance(res.get(key), str) and res[key].startswith("/"):
-                    paths.add(res[key])
-            if action.endswith(("systemd", "systemd_service", "service")) and isinstance(res.get("name"), str):
-                units.add(res["name"])
+            args = (res.get("invocation") or {}).get("module_args") or {}
+            for where in (res, args, res.get("stat") or {}):
+                for key in ("path", "dest"):
+                    if isinstance(where.get(key), str) and where[key].startswith("/"):
+                        paths.add(where[key])
+            if action.endswith(("systemd", "systemd_service", "service")):
+                units.update(name for name in (res.get("name"), args.get("name")) if isinstance(name, str))
     finally:
         shutil.rmtree(kept, ignore_errors=True)
     return {"paths": sorted(paths), "units": sorted(units)}

@@ -142,7 +142,7 @@ def check(
         below = [("the role's default", role_defaults(use.role))]
         above = [
             ("set by the play", use.play_vars),
-            ("set in the role's vars", _vars_file(use.role / "vars/main.yml")),
+            ("set in the role's vars", role_vars(use.role)),
             ("set by -e", extravars or {}),
             ("a role parameter", use.params),  # validate_argument_spec's provided_arguments win over all
         ]
@@ -191,13 +191,29 @@ def role_uses(playbook: Path, tags: frozenset[str] = frozenset()) -> list[RoleUs
             role_tags = entry_tags | _tags(role.get("tags"))
             uses.append(RoleUse(playbook.parent / "roles" / name, pattern, "main", role_tags, play_vars, params))
         for section in ("pre_tasks", "tasks", "post_tasks"):
-            for task, task_tags in _tasks(entry.get(section), entry_tags):
-                action = next((task[key] for key in _ROLE_TASKS if key in task), None)
-                if isinstance(action, dict) and action.get("name"):
-                    role_dir = playbook.parent / "roles" / str(action["name"])
-                    entry_point = str(action.get("tasks_from") or "main")
-                    uses.append(RoleUse(role_dir, pattern, entry_point, task_tags, play_vars))
+            for name, entry_point, task_tags in _included_roles(entry.get(section), entry_tags):
+                uses.append(RoleUse(playbook.parent / "roles" / name, pattern, entry_point, task_tags, play_vars))
+    # A role that another role includes (live_config, from nginx) runs on that role's hosts.
+    uses = [inner for use in uses for inner in (use, *_uses_inside(use, frozenset({use.role.name})))]
     return [use for use in uses if use.role.is_dir()]  # a collection's role is not ours to check
+
+
+def _included_roles(tasks: object, tags: frozenset[str]) -> Iterator[tuple[str, str, frozenset[str]]]:
+    """(role name, entry point, tags) of each import/include_role among the tasks."""
+    for task, task_tags in _tasks(tasks, tags):
+        action = next((task[key] for key in _ROLE_TASKS if key in task), None)
+        if isinstance(action, dict) and action.get("name"):
+            yield str(action["name"]), str(action.get("tasks_from") or "main"), task_tags
+
+
+def _uses_inside(use: RoleUse, seen: frozenset[str]) -> Iterator[RoleUse]:
+    """The roles that a role's own task files include, followed into them, on the hosts of the including role."""
+    for tasks_file in sorted((use.role / "tasks").glob("*.yml")):
+        for name, entry_point, task_tags in _included_roles(_yaml_file(tasks_file), use.tags):
+            if name not in seen:
+                inner = RoleUse(use.role.parent / name, use.hosts, entry_point, task_tags, use.play_vars)
+                yield inner
+                yield from _uses_inside(inner, seen | {name})
 
 
 def _tasks(tasks: object, tags: frozenset[str]) -> Iterator[tuple[dict[str, Any], frozenset[str]]]:
@@ -246,8 +262,9 @@ def role_defaults(role: Path) -> dict[str, Any]:
     return _vars_file(role / "defaults/main.yml")
 
 
+@cache
 def role_vars(role: Path) -> dict[str, Any]:
-    """A role's vars/main.yml (its internals, such as the ssh role's algorithm table)."""
+    """A role's vars/main.yml (its internal __names, such as the ssh role's algorithm table)."""
     return _vars_file(role / "vars/main.yml")
 
 

@@ -4,7 +4,10 @@ This is the one place errors become exit codes (see provision.errors.ExitCode). 
 (ansible_runner, jinja2, paramiko) are imported inside the commands that need them.
 """
 
+import contextlib
 import os
+import signal
+import stat
 import subprocess
 import sys
 import traceback
@@ -131,6 +134,8 @@ def _play(
     if limit is not None and not limit.strip():
         raise UsageError("--limit is empty; name hosts or groups, e.g. --limit lab1,lab2")
     inv = inventory.load_inventory(inventory_path)  # the slow check (it runs ansible-inventory) goes last
+    if limit is not None:
+        inventory.check_limit(inv, limit)
     argcheck.preflight(
         inv,
         paths.PLAYBOOKS / playbook,
@@ -138,7 +143,8 @@ def _play(
         skip_tags=options.get("skip_tags", ()),
         extravars=options.get("extravars"),
     )
-    request = runner.RunRequest(inventory=inv.path, playbook=playbook, limit=limit, **options)
+    names = inventory.controller_env_names(inv, options.get("extravars") or {})
+    request = runner.RunRequest(inventory=inv.path, playbook=playbook, limit=limit, controller_env=names, **options)
     host_width = max(len(h) for h in inv.hosts)
     verbose = options.get("verbosity", 0)
 
@@ -158,6 +164,8 @@ def _play(
             locks[host] = hostlock.address(host, inv.hostvars.get(host, {}))
     with hostlock.hold(locks, note=lambda text: _log(f"provision: {text}")):
         result = runner.run(request, on_event=show, note=lambda text: _log(f"provision: {text}"))
+    if result.signal == signal.SIGHUP:
+        _drop_output_to_a_hung_up_terminal()
     if result.stats:
         click.echo()
         for text in events.recap(result.stats):
@@ -170,9 +178,33 @@ def _play(
     return code
 
 
+def _drop_output_to_a_hung_up_terminal() -> None:
+    """After SIGHUP the terminal may be gone, and a write to it fails (EIO): send what is left to /dev/null.
+
+    Output to a file or pipe is kept. Without this, the recap's first line would end the exit code 129 in a
+    traceback (exit 1), and Python's last flush at exit would turn any code into 120.
+    """
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            fd = stream.fileno()
+        except (OSError, ValueError):  # not a file descriptor (captured output)
+            continue
+        # A character device: the terminal (isatty() is false once it has hung up), or /dev/null already.
+        if stat.S_ISCHR(os.fstat(fd).st_mode):
+            with contextlib.suppress(OSError):
+                stream.flush()
+            os.dup2(devnull, fd)
+    os.close(devnull)
+
+
 def _verdict(code: ExitCode, result: Any) -> str:
     failed = sorted(h for h, s in result.stats.items() if s.failed)
     unreachable = sorted(h for h, s in result.stats.items() if s.unreachable)
+    if result.signal is not None and code is not ExitCode.INTERRUPTED:
+        return (
+            f"stopped by {signal.Signals(result.signal).name}; hosts may be half-provisioned, run `provision up` again"
+        )
     if code is ExitCode.INTERRUPTED:
         return "interrupted; hosts may be half-provisioned, run `provision up` again"
     if code is ExitCode.UNREACHABLE:
@@ -226,6 +258,9 @@ def render(inventory_path: Path, host: str, out_dir: Path | None) -> ExitCode:
     from provision import render as rendering
 
     files = rendering.render_host(inventory.load_inventory(inventory_path), host, out_dir)
+    if not files:
+        groups = " and ".join(f"{role} on {pattern!r}" for role, pattern in rendering.render_groups().items())
+        _log(f"nothing to render for {host}: {rendering.SERVING_PLAYBOOK} runs {groups}, and {host} is in neither")
     for file in files:
         if out_dir is None:
             click.echo(f"# ==> {file.name} <==")
@@ -276,6 +311,8 @@ def _run_pytest(argv: list[str], env: dict[str, str]) -> int:
 
 def _testinfra_hosts(inv: "Inventory", limit: str | None) -> str:
     """testinfra's --hosts for a --limit: names and globs of hosts or groups, comma-separated."""
+    from provision import inventory
+
     if limit is None:
         return "ansible://all"
     names = [name.strip() for name in limit.split(",") if name.strip()]
@@ -283,9 +320,7 @@ def _testinfra_hosts(inv: "Inventory", limit: str | None) -> str:
         raise UsageError(
             f"--limit {limit!r}: provision test takes host or group names (globs allowed), comma-separated"
         )
-    for name in names:
-        if not inv.match(name):
-            raise UsageError(f"--limit: {name!r} matches no host or group in {paths.display(inv.path)}")
+    inventory.check_limit(inv, limit)
     return ",".join(f"ansible://{name}" for name in names)
 
 
@@ -331,7 +366,7 @@ def weights_lock(
     if output is None:
         click.echo(text, nl=False)
     else:
-        output.write_text(text)
+        paths.write_text(output, text, "-o")
         _log(f"wrote {paths.display(output)}: {len(lock.files)} files, {lock.size} bytes, revision {lock.revision}")
     return ExitCode.OK
 
@@ -435,7 +470,7 @@ def bootstrap(
         raise UsageError("--password-stdin and --identity exclude each other")
     password = None
     if password_stdin:
-        password = sys.stdin.readline().rstrip("\r\n")
+        password = _read_password(f"{user}@{host}'s password: ")
         if not password:
             raise UsageError("--password-stdin: stdin held no password")
     private_key = None
@@ -469,6 +504,15 @@ def bootstrap(
         verb = "added to" if added else "already in"
         click.echo(f"{request.inventory_name} {verb} {paths.display(inventory_append)}")
     return ExitCode.OK
+
+
+def _read_password(prompt: str) -> str:
+    """One line from stdin; typed at a terminal, with a prompt and without echo."""
+    if sys.stdin.isatty():
+        import getpass
+
+        return getpass.getpass(prompt)
+    return sys.stdin.readline().rstrip("\r\n")
 
 
 # ---- lab --------------------------------------------------------------------------------------------

@@ -12,7 +12,9 @@ class ExitCode(IntEnum):
     USAGE = 2  # bad flags, a missing/malformed inventory, an unknown tag or host
     ENVIRONMENT = 3  # a required tool is missing, a port is taken, a lab VM failed to boot
     UNREACHABLE = 4  # some hosts were unreachable and none failed
-    INTERRUPTED = 130  # Ctrl-C
+    HANGUP = 129  # SIGHUP: the terminal closed (128 + the signal's number, as a shell reports it)
+    INTERRUPTED = 130  # Ctrl-C (SIGINT)
+    TERMINATED = 143  # SIGTERM: a CI timeout, kill
 
 
 class ProvisionError(Exception):

@@ -46,7 +46,9 @@ def hold(hosts: Mapping[str, str], note: Callable[[str], None]) -> Iterator[None
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     held: list[int] = []
     try:
-        for name, key in sorted(hosts.items(), key=lambda item: item[1]):  # a fixed order: no deadlock
+        # One lock per address, in a fixed order (no deadlock); two names for one machine would otherwise open
+        # its lock twice, and this process would wait for itself.
+        for key, name in sorted({key: name for name, key in hosts.items()}.items()):
             path = directory / (hashlib.sha256(key.encode()).hexdigest()[:24] + ".lock")
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
             held.append(fd)

@@ -216,6 +216,35 @@ def _groups(listing: dict[str, Any]) -> dict[str, tuple[str, ...]]:
     return {name: tuple(_group_hosts(listing, name)) for name in listing if not name.startswith("_")}
 
 
+# ---- host patterns and variables ---------------------------------------------------------------------
+
+
+def check_limit(inventory: Inventory, limit: str) -> None:
+    """Every term of a --limit pattern (host or group name, glob, ~regex, subscript) must select some host.
+
+    Ansible only warns about a term that matches nothing and runs on the rest (or stops with rc 1 when nothing is
+    left); a mistyped exclusion (all:!db1) would even run on the host meant to be left out.
+    """
+    for term in _split_pattern(limit):
+        name = term.lstrip("!&")
+        if name and not inventory.select(name):
+            raise UsageError(
+                f"--limit {limit!r}: {name!r} matches no host or group in {paths.display(inventory.path)}; "
+                "nothing was contacted"
+            )
+
+
+# Role variables whose value names an environment variable of the controller that a play reads.
+CONTROLLER_ENV_VARIABLES = ("weights_token_env",)
+
+
+def controller_env_names(inventory: Inventory, extravars: dict[str, Any]) -> tuple[str, ...]:
+    """The controller environment variables the inventory (or -e) tells the playbooks to read."""
+    values = [extravars.get(v) for v in CONTROLLER_ENV_VARIABLES]
+    values += [hostvars.get(v) for hostvars in inventory.hostvars.values() for v in CONTROLLER_ENV_VARIABLES]
+    return tuple(sorted({value for value in values if isinstance(value, str) and value.isidentifier()}))
+
+
 # ---- tags -------------------------------------------------------------------------------------------
 
 

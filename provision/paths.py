@@ -7,6 +7,8 @@ next to the package directory. PROVISION_HOME points somewhere else (a checkout,
 import os
 from pathlib import Path
 
+from provision.errors import UsageError
+
 
 def _root() -> Path:
     override = os.environ.get("PROVISION_HOME")
@@ -31,6 +33,16 @@ def display(path: Path | str) -> str:
         return str(p.resolve().relative_to(Path.cwd().resolve()))
     except ValueError:
         return str(p)
+
+
+def write_text(path: Path, text: str, option: str, parents: bool = False) -> None:
+    """Write a file the user named on the command line; a failure is one line naming the option and the path."""
+    try:
+        if parents:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"{option}: cannot write {display(path)}: {exc.strerror}") from None
 
 
 # The key provision installs for the admin user that `provision bootstrap` creates (made on first use).

@@ -2,7 +2,9 @@
 
 This is the only module that imports jinja2, and it does so inside the functions that need it. Variables
 for a host are every role's defaults (lowest precedence), then the host's variables from the inventory
-(which already merge group_vars and host_vars), then inventory_hostname.
+(which already merge group_vars and host_vars), then the roles' internal vars, then inventory_hostname and
+what a task sets (each replica's unit name and port). Like the roles, it renders the inference units only for
+hosts of the group serving.yml runs the inference role on, and nginx.conf only for the gateway group's hosts.
 """
 
 import json
@@ -26,8 +28,8 @@ Vars = Mapping[str, Any]
 @dataclass(frozen=True)
 class Renderable:
     template_var: str  # the role variable holding the template's path, so a user's override wins
-    output: Callable[[Vars], str]  # the rendered file's name
-    applies: Callable[[Vars], bool]
+    role: str  # the role that writes the file: playbooks/serving.yml says on which hosts it runs
+    instances: Callable[["HostVars"], list[tuple[str, Vars]]]  # (file name, the variables the role sets for it)
 
 
 @dataclass(frozen=True)
@@ -36,44 +38,69 @@ class RenderedFile:
     text: str
 
 
+def _replica_units(variables: "HostVars") -> list[tuple[str, Vars]]:
+    """One unit per replica, named and numbered by the inference role's own rule (__inference_units_wanted)."""
+    return [
+        (f"{name}.service", {"inference_name": name, "inference_port": port})
+        for name, port in variables["__inference_units_wanted"]
+    ]
+
+
 RENDERABLE: tuple[Renderable, ...] = (
-    Renderable(
-        template_var="inference_unit_template",
-        output=lambda v: f"{v['inference_name']}.service",
-        applies=lambda v: True,
-    ),
-    Renderable(
-        template_var="nginx_conf_template",
-        output=lambda v: "nginx.conf",
-        applies=lambda v: True,
-    ),
+    Renderable(template_var="inference_unit_template", role="inference", instances=_replica_units),
+    Renderable(template_var="nginx_conf_template", role="nginx", instances=lambda v: [("nginx.conf", {})]),
 )
+SERVING_PLAYBOOK = "serving.yml"
 
 
 def render_host(inventory: Inventory, host: str, out_dir: Path | None = None) -> list[RenderedFile]:
-    """Render every template that applies to `host`; write the files into out_dir when given."""
+    """Render the files the serving roles write on `host`; write them into out_dir when given.
+
+    A host outside the groups those roles run on gets none (render_groups says which groups those are).
+    """
     if host not in inventory.hosts:
         raise UsageError(
             f"host {host!r} is not in inventory {paths.display(inventory.path)} (hosts: {', '.join(inventory.hosts)})"
         )
+    groups = render_groups()
     variables = HostVars(inventory, host)
     rendered = []
     for item in RENDERABLE:
-        if item.applies(variables):
-            text = _render(variables, str(variables[item.template_var]))
-            rendered.append(RenderedFile(name=item.output(variables), text=text))
+        if host not in inventory.select(groups[item.role]):
+            continue
+        for name, overrides in item.instances(variables):
+            instance = HostVars(inventory, host, overrides)
+            rendered.append(RenderedFile(name=name, text=_render(instance, str(instance[item.template_var]))))
     if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
         for file in rendered:
-            (out_dir / file.name).write_text(file.text, encoding="utf-8")
+            paths.write_text(out_dir / file.name, file.text, "--out", parents=True)
     return rendered
+
+
+def render_groups() -> dict[str, str]:
+    """role -> the hosts pattern of the play in playbooks/serving.yml that runs it (for the renderable roles)."""
+    playbook = paths.PLAYBOOKS / SERVING_PLAYBOOK
+    found = {use.role.name: use.hosts for use in argcheck.role_uses(playbook)}
+    missing = sorted({item.role for item in RENDERABLE} - set(found))
+    if missing:
+        raise UsageError(f"{paths.display(playbook)}: no play runs the role(s) {', '.join(missing)}")
+    return {item.role: found[item.role] for item in RENDERABLE}
 
 
 def role_defaults() -> dict[str, Any]:
     """Every role's defaults/main.yml merged, roles in name order."""
+    return _every_role(argcheck.role_defaults, "defaults")
+
+
+def role_vars() -> dict[str, Any]:
+    """Every role's vars/main.yml (internal __names) merged, roles in name order."""
+    return _every_role(argcheck.role_vars, "vars")
+
+
+def _every_role(read: Callable[[Path], dict[str, Any]], folder: str) -> dict[str, Any]:
     merged: dict[str, Any] = {}
-    for defaults in sorted(paths.ROLES.glob("*/defaults/main.yml")):
-        merged.update(argcheck.role_defaults(defaults.parent.parent))
+    for role in sorted(path.parent for path in paths.ROLES.glob(f"*/{folder}")):
+        merged.update(read(role))
     return merged
 
 
@@ -83,11 +110,14 @@ class HostVars(Mapping[str, Any]):
     Resolving lazily means a variable nobody renders may refer to things only a live run has (facts).
     """
 
-    def __init__(self, inventory: Inventory, host: str) -> None:
+    def __init__(self, inventory: Inventory, host: str, task_vars: Vars | None = None) -> None:
+        # Ansible's order, lowest first: role defaults, inventory, role vars (internal __names), task vars.
         self.raw: dict[str, Any] = {
             **role_defaults(),
             **inventory.hostvars.get(host, {}),
+            **role_vars(),
             "inventory_hostname": host,
+            **(task_vars or {}),
         }
         self.env = environment(native=True)
         self._resolved: dict[str, Any] = {}
@@ -183,6 +213,7 @@ def environment(native: bool = False) -> "jinja2.Environment":
             "to_json": lambda value, **kw: json.dumps(value, **kw),
             "to_nice_json": lambda value, indent=4, **kw: json.dumps(value, indent=indent, sort_keys=True, **kw),
             "regex_replace": regex_replace,
+            "zip": lambda value, *others: list(zip(value, *others, strict=False)),
         }
     )
     return env

@@ -3,8 +3,10 @@
 This is the only module that imports ansible_runner, and it does so inside run().
 """
 
+import configparser
 import contextlib
 import importlib.util
+import json
 import os
 import shlex
 import shutil
@@ -12,7 +14,7 @@ import signal
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -44,6 +46,9 @@ class RunRequest:
     # How Ansible runs tasks: "mitogen" (one Python per host kept alive for the run; the default) or
     # "linear" (Ansible's own, a new interpreter per task). See README "Speed".
     strategy: str = "mitogen"
+    # Controller environment variables the playbooks read by name (weights_token_env): they reach
+    # ansible-playbook besides the allow-list, and their values are blanked in kept artifacts.
+    controller_env: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -63,6 +68,24 @@ class RunResult:
     rc: int
     stats: dict[str, HostStats]
     artifacts_dir: Path | None  # the kept private data dir, when keep_artifacts was asked for
+    signal: int | None = None  # the signal (SIGINT, SIGTERM, SIGHUP) that stopped the run, if one came
+
+
+# Signals that stop a run the way Ctrl-C does, and the exit code each gives (128 + the signal's number).
+STOP_SIGNALS = {
+    signal.SIGINT: ExitCode.INTERRUPTED,
+    signal.SIGTERM: ExitCode.TERMINATED,
+    signal.SIGHUP: ExitCode.HANGUP,
+}
+
+# What ansible-playbook gets from the controller's environment; nothing else does (ansible-runner writes the
+# environment it starts ansible-playbook with into the artifacts, and local tasks see it). Ansible's own
+# settings (the vault password file's included), the locale it insists on, the user and home that `~` and
+# remote_user come from, and the ssh-agent and Kerberos credentials ssh uses.
+ENV_NAMES = frozenset(
+    {"PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "SSH_AUTH_SOCK", "KRB5CCNAME"}
+)
+ENV_PREFIXES = ("ANSIBLE_", "LC_")
 
 
 # playbook_on_stats key -> HostStats field
@@ -147,6 +170,20 @@ def envvars(request: RunRequest, note: Callable[[str], None] = lambda text: None
     return env
 
 
+def allowed_env(
+    env: Mapping[str, str], controller_env: Mapping[str, str], extra: tuple[str, ...] = ()
+) -> dict[str, str]:
+    """`env` without what it inherited from `controller_env` outside the allow-list (and the `extra` names).
+
+    A variable whose value differs from the controller's was set on purpose (by us or ansible-runner): it stays.
+    """
+    return {
+        name: value
+        for name, value in env.items()
+        if controller_env.get(name) != value or name in ENV_NAMES or name in extra or name.startswith(ENV_PREFIXES)
+    }
+
+
 def stats_from_event(event_data: Mapping[str, Any]) -> dict[str, HostStats]:
     """Per-host stats from a playbook_on_stats event's data (or ansible-runner's Runner.stats)."""
     counts: dict[str, dict[str, int]] = {}
@@ -164,13 +201,11 @@ def run(
     note: Callable[[str], None] = lambda text: None,
 ) -> RunResult:
     """Run the request's playbook; `on_event` sees every ansible-runner event, `note` gets lines for the user."""
-    import ansible_runner
     import ansible_runner.exceptions
+    import ansible_runner.interface
 
     ansible_tool("ansible-playbook")  # fail early, naming the tool, rather than with rc 127 later
-    private_data_dir = Path(tempfile.mkdtemp(prefix="provision-"))  # mode 0700, in the system temp dir
     stats: dict[str, HostStats] = {}
-    interrupted = False
 
     def handle_event(event: dict[str, Any]) -> bool:
         nonlocal stats
@@ -182,50 +217,126 @@ def run(
         on_event(event)
         return True  # keep the event (ansible-runner writes it to the artifacts)
 
-    def handle_sigint(signum: int, frame: FrameType | None) -> None:
-        nonlocal interrupted
-        interrupted = True
-
-    # Ctrl-C sets a flag that ansible-runner polls; it then stops ansible-playbook and reports "canceled".
-    # (Only the main thread may handle signals; elsewhere Ctrl-C stays the caller's business.)
-    main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGINT, handle_sigint) if main_thread else None
-    try:
-        runner = ansible_runner.run(
-            private_data_dir=str(private_data_dir),
-            project_dir=str(request.project_dir or paths.PLAYBOOKS),
-            playbook=request.playbook,
-            inventory=str(request.inventory.resolve()),
-            cmdline=shlex.join(cmdline(request)) or None,
-            extravars=dict(request.extravars),
-            envvars=envvars(request, note),
-            verbosity=request.verbosity or None,
-            quiet=True,
-            event_handler=handle_event,
-            cancel_callback=lambda: interrupted and _stop_playbooks(),
-            # ansible-runner would point the jsonfile fact cache into this temporary dir; leave the
-            # cache to ansible.cfg so facts survive between runs.
-            fact_cache_type="ansible.cfg",
-            # How often ansible-runner polls cancel_callback: Ctrl-C takes effect within this time.
-            settings={"pexpect_timeout": 0.5},
-        )
-    except ansible_runner.exceptions.AnsibleRunnerException as exc:
-        raise EnvironmentProblem(f"ansible-runner could not run {request.playbook}: {exc}") from exc
-    else:
-        if not stats and runner.stats:
-            stats = stats_from_event(runner.stats)
-        status, rc = str(runner.status), int(runner.rc)
-    finally:
-        if main_thread:
-            signal.signal(signal.SIGINT, previous)
-        if not request.keep_artifacts:
-            shutil.rmtree(private_data_dir, ignore_errors=True)
+    env = envvars(request, note)
+    fact_cache = _private_fact_cache(env)
+    # The signal handlers go in before the private dir exists and come out after it is gone.
+    with _stop_signals() as stop, _umask(0o077):  # what ansible-playbook writes here (facts) is ours alone
+        private_data_dir = Path(tempfile.mkdtemp(prefix="provision-"))  # mode 0700, in the system temp dir
+        try:
+            runner = ansible_runner.interface.init_runner(
+                private_data_dir=str(private_data_dir),
+                project_dir=str(request.project_dir or paths.PLAYBOOKS),
+                playbook=request.playbook,
+                inventory=str(request.inventory.resolve()),
+                cmdline=shlex.join(cmdline(request)) or None,
+                extravars=dict(request.extravars),
+                envvars=env,
+                verbosity=request.verbosity or None,
+                quiet=True,
+                event_handler=handle_event,
+                cancel_callback=lambda: stop.signum is not None and _stop_playbooks(),
+                # ansible-runner would point the jsonfile fact cache into this temporary dir; leave the
+                # cache to ansible.cfg so facts survive between runs.
+                fact_cache_type="ansible.cfg",
+                # How often ansible-runner polls cancel_callback: a stop signal takes effect within this time.
+                settings={"pexpect_timeout": 0.5},
+            )
+            # ansible-runner seeds the environment with all of ours; keep only what Ansible and ssh need.
+            runner.config.env = allowed_env(runner.config.env, os.environ, (*env, *request.controller_env))
+            runner.run()
+            if not stats and runner.stats:  # read from the artifacts, which are about to go
+                stats = stats_from_event(runner.stats)
+        except ansible_runner.exceptions.AnsibleRunnerException as exc:
+            raise EnvironmentProblem(f"ansible-runner could not run {request.playbook}: {exc}") from exc
+        finally:
+            _private_fact_cache(env, fact_cache)  # ansible-core writes each fact file 0644
+            if request.keep_artifacts:
+                _blank_env_values(private_data_dir, request.controller_env)
+            else:
+                shutil.rmtree(private_data_dir, ignore_errors=True)
     return RunResult(
-        status=status,
-        rc=rc,
+        status=str(runner.status),
+        rc=int(runner.rc),
         stats=stats,
         artifacts_dir=private_data_dir if request.keep_artifacts else None,
+        signal=stop.signum,
     )
+
+
+class _Stop:
+    signum: int | None = None  # the first stop signal that came
+
+
+@contextlib.contextmanager
+def _stop_signals() -> Iterator[_Stop]:
+    """Ctrl-C, SIGTERM (a CI timeout) and SIGHUP (a closed terminal) only set a flag while this lasts.
+
+    ansible-runner polls the flag (cancel_callback), then stops ansible-playbook and reports "canceled".
+    Only the main thread may handle signals; elsewhere they stay the caller's business.
+    """
+    stop = _Stop()
+
+    def handle(signum: int, frame: FrameType | None) -> None:
+        stop.signum = stop.signum or signum
+
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for signum in STOP_SIGNALS:
+            # An ignored signal stays ignored: nohup ignores SIGHUP, a shell ignores SIGINT for background jobs.
+            if signal.getsignal(signum) is not signal.SIG_IGN:
+                previous[signum] = signal.signal(signum, handle)
+    try:
+        yield stop
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+@contextlib.contextmanager
+def _umask(mask: int) -> Iterator[None]:
+    previous = os.umask(mask)
+    try:
+        yield
+    finally:
+        os.umask(previous)
+
+
+def _private_fact_cache(env: Mapping[str, str], directory: Path | None = None) -> Path | None:
+    """Make the jsonfile fact cache that ansible.cfg (or the environment) names 0700, its files 0600.
+
+    Facts describe hosts (addresses, users, mounts); the jsonfile plugin would create the directory 0755
+    and writes each file 0644 whatever the umask, so this runs before a run and again after it.
+    """
+    if directory is None:
+        where = env.get("ANSIBLE_CACHE_PLUGIN_CONNECTION") or os.environ.get("ANSIBLE_CACHE_PLUGIN_CONNECTION")
+        config = env.get("ANSIBLE_CONFIG")
+        if not where and config:
+            parser = configparser.ConfigParser(interpolation=None)
+            parser.read(config, encoding="utf-8")
+            where = parser.get("defaults", "fact_caching_connection", fallback=None)
+        if not where:
+            return None
+        directory = Path(where).expanduser()
+    try:
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        directory.chmod(0o700)
+        for entry in directory.iterdir():
+            if entry.is_file() and not entry.is_symlink():
+                entry.chmod(entry.stat().st_mode & 0o700)
+    except OSError as exc:
+        raise EnvironmentProblem(f"fact cache {directory}: {exc.strerror}; fix fact_caching_connection") from exc
+    return directory
+
+
+def _blank_env_values(private_data_dir: Path, names: tuple[str, ...]) -> None:
+    """Blank the named variables' values in the environment ansible-runner recorded (artifacts/*/command)."""
+    for command in private_data_dir.glob("artifacts/*/command"):
+        with contextlib.suppress(OSError, ValueError):
+            recorded = json.loads(command.read_text(encoding="utf-8"))
+            env = recorded.get("env") or {}
+            if any(name in env for name in names):
+                env.update({name: "(not recorded)" for name in names if name in env})
+                command.write_text(json.dumps(recorded, ensure_ascii=False), encoding="utf-8")
 
 
 def _stop_playbooks(grace: float = 5.0) -> bool:
@@ -267,6 +378,8 @@ def _stat_fields(pid: int) -> list[str]:
 
 def outcome(result: RunResult) -> ExitCode:
     """Decide the exit code from the runner's status and the per-host stats, not from rc alone."""
+    if result.signal is not None:
+        return STOP_SIGNALS.get(signal.Signals(result.signal), ExitCode.INTERRUPTED)
     if result.status == "canceled":
         return ExitCode.INTERRUPTED
     if any(s.failed for s in result.stats.values()):

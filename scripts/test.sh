@@ -10,4 +10,6 @@ ruff format --check .
 yamllint --strict .
 ansible-lint -q
 echo "== tests"
+# Each provision call of the integration tests, timed (the slowest are listed at the end).
+export PROVISION_TEST_TIMINGS="${PROVISION_TEST_TIMINGS:-$(mktemp -t provision-timings.XXXXXX)}"
 exec pytest -ra --durations=20 "$@"

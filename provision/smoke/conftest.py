@@ -1,5 +1,6 @@
 """Fixtures for the smoke suite; nothing heavy is imported here."""
 
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -30,6 +31,35 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if left_out:
         config.hook.pytest_deselected(items=left_out)
         items[:] = kept
+
+
+NOTHING_TO_CHECK = "nothing_to_check"
+
+
+@pytest.fixture
+def nothing_to_check(request: pytest.FixtureRequest) -> Callable[[str], None]:
+    """For a check to say that it found nothing to check, and why: reported as such, not as a pass.
+
+    The test still passes (nothing is wrong), but the terminal shows it as "nothing to check" with the reason,
+    and the JUnit file carries the reason as the test case's nothing_to_check property. (Appended to the item's
+    user_properties directly: record_property warns that xunit2, pytest's default, has no such property.)
+    """
+    return lambda reason: request.node.user_properties.append((NOTHING_TO_CHECK, reason))
+
+
+def pytest_report_teststatus(report: pytest.TestReport, config: pytest.Config) -> tuple[str, str, str] | None:
+    if report.when == "call" and report.passed and _nothing_to_check(report):
+        return "nothing to check", "n", "NOTHING TO CHECK"
+    return None
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    for report in terminalreporter.stats.get("nothing to check", []):
+        terminalreporter.write_line(f"NOTHING TO CHECK {report.nodeid}: {_nothing_to_check(report)}")
+
+
+def _nothing_to_check(report: pytest.TestReport) -> str:
+    return "; ".join(str(value) for name, value in report.user_properties if name == NOTHING_TO_CHECK)
 
 
 @pytest.fixture

@@ -3,7 +3,7 @@
 import re
 import shlex
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 SSHD = "/usr/sbin/sshd"
@@ -12,6 +12,13 @@ GETSEBOOL = "/usr/sbin/getsebool"
 PASSWORD_METHODS = ("password", "keyboard-interactive")
 # What the ssh role's sshd -T calls ask about: a root login from the host itself.
 SSHD_T = f"{SSHD} -T -C user=root,host=localhost,addr=127.0.0.1"
+
+# Where a check says it found nothing to check (and why), which is not the same as a pass.
+Note = Callable[[str], None]
+
+
+def _ignore(reason: str) -> None:
+    pass
 
 
 def login_target(hostvars: Mapping[str, Any], fallback_host: str) -> tuple[str, int, str]:
@@ -118,12 +125,18 @@ def key_login_problems(argv: list[str]) -> list[str]:
     return []
 
 
-def selinux_problems(host: Any, state: str, booleans: list[dict[str, Any]]) -> list[str]:
+def selinux_problems(
+    host: Any, state: str, booleans: list[dict[str, Any]], nothing_to_check: Note = _ignore
+) -> list[str]:
     # Full paths: /usr/sbin is not on a non-root login's PATH on Debian, and a miss here would pass vacuously.
-    if not host.file(GETENFORCE).exists:
-        return []
-    mode = host.run(GETENFORCE).stdout.strip().lower()
+    installed = host.file(GETENFORCE).exists
+    mode = host.run(GETENFORCE).stdout.strip().lower() if installed else "disabled"
     if mode == "disabled":
+        found = "SELinux is disabled" if installed else f"SELinux is not installed ({GETENFORCE} is missing)"
+        if state in ("enforcing", "permissive"):
+            return [f"{found}, selinux_state asks for {state}"]
+        if not state:
+            nothing_to_check(f"{found} and selinux_state asks for no mode: the selinux role changes nothing here")
         return []
     problems = []
     if state and mode != state:
@@ -154,8 +167,13 @@ def iptables_rule(port: Mapping[str, Any]) -> str:
     return f"-A INPUT -p {proto} -m state --state NEW -m {proto} --dport {port['port']} -j ACCEPT"
 
 
-def firewall_problems(host: Any, ports: list[Mapping[str, Any]], rules_file: str) -> list[str]:
+def firewall_problems(
+    host: Any, ports: list[Mapping[str, Any]], rules_file: str, nothing_to_check: Note = _ignore
+) -> list[str]:
     """Each configured port is open in the host's own firewall, live and after a reboot."""
+    if not ports:
+        nothing_to_check("no ports to check: firewall_ports is empty and the host is not in the gateway group")
+        return []
     problems = []
     with host.sudo():
         if host.service("firewalld").is_running:
@@ -167,7 +185,11 @@ def firewall_problems(host: Any, ports: list[Mapping[str, Any]], rules_file: str
             return problems
         saved = host.file(rules_file).content_string.splitlines() if host.file(rules_file).exists else []
         if not any(line.startswith("-A INPUT") and "-j REJECT" in line for line in saved):
-            return []  # no host firewall of its own: the cloud's security list is the firewall
+            nothing_to_check(
+                f"no host firewall: firewalld is not running and {rules_file} has no REJECT rule "
+                "(the cloud's security list is the only firewall)"
+            )
+            return []
         live = host.run("iptables -S INPUT").stdout.splitlines()
     for port in ports:
         rule = iptables_rule(port)

@@ -19,6 +19,7 @@ lock time) or from the endpoint's LFS metadata, which the endpoint asserts but t
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import re
 import urllib.error
@@ -178,7 +179,15 @@ def from_endpoint(
     """
     base = endpoint.rstrip("/")
     api = f"{base}/api/models/{model}/revision/{urllib.parse.quote(revision, safe='')}?blobs=true"
-    info = json.loads(_get(api, token))
+    not_hf = LockError(
+        f"{redact(api)}: not a Hugging Face-compatible answer (JSON with sha and siblings); check --endpoint"
+    )
+    try:
+        info = json.loads(_get(api, token))
+    except ValueError:
+        raise not_hf from None
+    if not isinstance(info, dict) or not all(isinstance(s, dict) for s in info.get("siblings") or []):
+        raise not_hf
     commit = info.get("sha")
     if not isinstance(commit, str) or not commit:
         raise LockError(f"{redact(api)}: the answer names no commit (sha)")
@@ -189,6 +198,8 @@ def from_endpoint(
         if bad_path(path):
             raise LockError(f"{redact(api)}: refusing file name {path!r}")
         if isinstance(lfs, dict) and isinstance(lfs.get("sha256"), str) and SHA256.match(lfs["sha256"]):
+            if not isinstance(lfs.get("size", size), int):
+                raise not_hf
             files.append(LockedFile(path, int(lfs.get("size", size)), lfs["sha256"], "lfs-metadata"))
             trusted.append(path)
             continue
@@ -218,6 +229,10 @@ def _get(url: str, token: str | None) -> bytes:
         raise LockError(f"{redact(url)}: HTTP {exc.code} {exc.reason}") from None
     except (urllib.error.URLError, OSError) as exc:
         raise ProvisionError(f"{redact(url)}: {getattr(exc, 'reason', exc)}") from None
+    except http.client.HTTPException as exc:  # the other end does not speak HTTP
+        raise ProvisionError(
+            f"{redact(url)}: no HTTP answer ({type(exc).__name__}: {str(exc).strip()[:80]!r})"
+        ) from None
 
 
 def redact(url: str) -> str:

@@ -1,8 +1,9 @@
 """Golden files for rendered configs: each directory under render/ is a case, compared byte for byte.
 
 A case is render/<name>/inventory.yml (exactly one host) and render/<name>/expected/<file> for every file
-`provision render` produces for that host. A new case is a new directory, no code. To regenerate the
-expected files after a deliberate change, run with PROVISION_UPDATE_GOLDEN=1 and review the diff.
+`provision render` produces for that host (no expected/ for a host that gets none). A new case is a new
+directory, no code. To regenerate the expected files after a deliberate change, run with
+PROVISION_UPDATE_GOLDEN=1 and review the diff.
 
 Every rendered systemd unit is also checked by the real tool, `systemd-analyze verify`, in a scratch root.
 """
@@ -29,10 +30,10 @@ def test_render_matches_golden(case: Path) -> None:
     expected_dir = case / "expected"
     if UPDATE:
         shutil.rmtree(expected_dir, ignore_errors=True)
-        expected_dir.mkdir()
         for name, data in rendered.items():
+            expected_dir.mkdir(exist_ok=True)
             (expected_dir / name).write_bytes(data)
-    expected = {path.name: path.read_bytes() for path in sorted(expected_dir.iterdir())}
+    expected = {path.name: path.read_bytes() for path in sorted(expected_dir.glob("*"))}
     assert sorted(rendered) == sorted(expected), "rendered files differ from expected/ (PROVISION_UPDATE_GOLDEN=1)"
     for name, data in rendered.items():
         assert data == expected[name], f"{case.name}/expected/{name} differs (PROVISION_UPDATE_GOLDEN=1)"

@@ -8,13 +8,16 @@ Runs after test_1_lab_up.py on the same two VMs.  Each test puts /dev/vdb into t
 from __future__ import annotations
 
 import base64
+import json
+import random
+import re
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
-from labtools import Lab, recap
+from labtools import ROOT, Lab, recap
 
 MOUNT = "/srv/models"
 
@@ -38,11 +41,12 @@ def up_disks(lab: Lab, inventory: Path, limit: str, *more: str) -> subprocess.Co
 
 
 def reset_disk(lab: Lab, host: str) -> None:
-    """Back to a blank data disk: unmounted, out of fstab, no signature, zeros at both ends."""
+    """Back to a blank data disk: unmounted, out of fstab, zeros everywhere (the lab's data disk discards:
+    a discarded qcow2 cluster reads zeros, as a new cloud disk does; the role's scan looks all over the disk)."""
     lab.sh(
         host,
         f"sudo umount -q {MOUNT} 2>/dev/null; sudo sed -i '\\# {MOUNT} #d' /etc/fstab; sudo systemctl daemon-reload;"
-        " sudo wipefs -aq /dev/vdb; sudo dd if=/dev/zero of=/dev/vdb bs=1M count=4 status=none conv=fsync;"
+        " sudo wipefs -aq /dev/vdb; sudo blkdiscard -f /dev/vdb;"
         " sudo blockdev --rereadpt /dev/vdb 2>/dev/null; true",
     )
     assert probe(lab, host) == "", "the data disk did not come back blank"
@@ -55,6 +59,15 @@ def probe(lab: Lab, host: str) -> str:
 
 def first_mib(lab: Lab, host: str) -> str:
     return lab.sh(host, "sudo dd if=/dev/vdb bs=1M count=1 status=none | sha256sum").split()[0]
+
+
+def sha256_of(lab: Lab, host: str, *regions: tuple[int, int]) -> str:
+    """The sha256 of these (offset, length) regions of /dev/vdb (MiB-aligned), read past the page cache."""
+    reads = "; ".join(
+        f"sudo dd if=/dev/vdb iflag=direct,skip_bytes,count_bytes skip={offset} count={length} bs=1M status=none"
+        for offset, length in regions
+    )
+    return lab.sh(host, f"({reads}) | sha256sum").split()[0]
 
 
 def python_as_root(lab: Lab, host: str, code: str) -> None:
@@ -196,3 +209,119 @@ def test_disk_that_is_not_blank_stops_only_its_host(  # type: ignore[no-untyped-
     wiped = up_disks(blank, disks_inventory(blank, tmp_path, disks_wipe=["lab2-data"]), "lab2")
     assert wiped.returncode == 0, wiped.stdout
     assert "TYPE=ext4" in probe(blank, "lab2") and mounted_uuid(blank, "lab2")
+
+
+MIB, GIB = 1 << 20, 1 << 30
+# The README's guarantee on the lab's 20 GiB disk: any 16 MiB of data without a zero byte is found.
+GUARANTEED = 16 * MIB
+
+# An ext4 that starts at 1 MiB, as a wiped partition table leaves it: one partition over the whole disk, an
+# ext4 on it, then the first and last MiB of the disk zeroed (the partition table goes with the first).
+EXT4_PAST_THE_FIRST_MIB = """
+set -e
+echo {table} | base64 -d | python3 -
+blockdev --rereadpt /dev/vdb
+udevadm settle
+mkfs.ext4 -q /dev/vdb1
+dd if=/dev/zero of=/dev/vdb bs=1M count=1 status=none conv=fsync
+last=$(( $(blockdev --getsize64 /dev/vdb) / 1048576 - 1 ))
+dd if=/dev/zero of=/dev/vdb bs=1M count=1 seek=$last status=none conv=fsync
+udevadm settle
+blockdev --rereadpt /dev/vdb
+udevadm settle
+"""
+
+WHOLE_DISK_PARTITION = """
+import os, struct
+fd = os.open("/dev/vdb", os.O_WRONLY)
+sectors = os.lseek(fd, 0, os.SEEK_END) // 512
+entry = bytes([0, 0, 2, 0, 0x83, 0, 0, 0]) + struct.pack("<II", 2048, sectors - 2048)
+os.pwrite(fd, entry, 446)
+os.pwrite(fd, b"\\x55\\xaa", 510)
+os.fsync(fd)
+"""
+
+# The role's scan, run on the VM as the probe runs it (the module with AnsibleModule stubbed out).
+SCAN = """
+import json, os, sys, time, types
+basic = types.ModuleType("ansible.module_utils.basic")
+basic.AnsibleModule = object
+sys.modules.update({"ansible": types.ModuleType("ansible"), "ansible.module_utils": types.ModuleType("x"),
+                    "ansible.module_utils.basic": basic})
+probe = types.ModuleType("disk_probe")
+sys.modules["disk_probe"] = probe
+exec(compile(open("/tmp/disk_probe.py").read(), "disk_probe.py", "exec"), probe.__dict__)
+fd = os.open("/dev/vdb", os.O_RDONLY | os.O_EXCL)
+plan = probe.plan_scan(os.lseek(fd, 0, os.SEEK_END))
+started = time.monotonic()
+at, read = probe.scan_for_data(fd, plan)
+print(json.dumps({"data_at": at, "stride": plan.stride, "reads": len(plan.reads), "bytes": read,
+                  "seconds": round(time.monotonic() - started, 3)}))
+"""
+
+
+def scan(lab: Lab, host: str) -> dict[str, object]:
+    source = (ROOT / "playbooks/roles/disks/library/disk_probe.py").read_text()
+    lab.sh(host, "cat > /tmp/disk_probe.py", stdin=source)
+    out = lab.sh(host, "sudo bash -c '{ time -p python3 - ; } 2>&1'", stdin=SCAN)
+    print(f"{host}: the scan of /dev/vdb: {out}")  # the time, for the record (shown with -rP)
+    return dict(json.loads(out.splitlines()[0]))
+
+
+def test_data_that_signatures_miss_is_found_refused_and_left_as_it_was(blank: Lab, tmp_path: Path) -> None:
+    """lab1: an ext4 at 1 MiB whose partition table and first and last MiB were wiped; lab2: 16 MiB of data
+    (the size the README guarantees on 20 GiB) at an offset chosen at random. blkid -p and wipefs see nothing
+    on either; the scan finds both, each host stops with one line, and not a byte changes."""
+    blank_scan = scan(blank, "lab2")
+    assert (blank_scan["data_at"], blank_scan["stride"]) == (None, GUARANTEED)
+
+    table = base64.b64encode(WHOLE_DISK_PARTITION.encode()).decode()
+    blank.sh("lab1", "sudo sh -s", stdin=EXT4_PAST_THE_FIRST_MIB.format(table=table))
+    offset = random.randrange(4 * MIB, 20 * GIB - 4 * MIB - GUARANTEED)
+    print(f"lab2: {GUARANTEED} bytes of data at offset {offset}")
+    python_as_root(
+        blank,
+        "lab2",
+        f"""
+import os
+fd = os.open("/dev/vdb", os.O_WRONLY)
+os.pwrite(fd, (bytes(range(1, 256)) * {GUARANTEED // 255 + 1})[:{GUARANTEED}], {offset})
+os.fsync(fd)
+""",
+    )
+    for host in ("lab1", "lab2"):
+        assert probe(blank, host) == "" and blank.sh(host, "sudo wipefs /dev/vdb").strip() == "", host
+    assert not blank.sh("lab1", "ls /sys/class/block | grep vdb1 || true").strip()
+    lab1_regions = [(0, 8 * MIB), (MIB + 128 * MIB, 4 * MIB), (20 * GIB - MIB, MIB)]  # sb, a backup, the end
+    lab2_regions = [(offset // MIB * MIB - MIB, GUARANTEED + 3 * MIB)]
+    before = sha256_of(blank, "lab1", *lab1_regions), sha256_of(blank, "lab2", *lab2_regions)
+
+    proc = up_disks(blank, disks_inventory(blank, tmp_path), "lab1,lab2")
+    assert proc.returncode == 1, proc.stdout
+    stats = recap(proc.stdout)
+    assert [(stats[h]["failed"], stats[h]["changed"]) for h in ("lab1", "lab2")] == [(1, 0), (1, 0)]
+    refusals = [line for line in proc.stdout.splitlines() if "is not blank" in line]
+    refused_at = {}  # host -> the byte the refusal names
+    for host in ("lab1", "lab2"):
+        line = next(line for line in refusals if f"{host}-data" in line)
+        found = re.search(
+            rf"disks: /dev/vdb \(aliyun:{host}-data\) is not blank: non-zero data at offset [0-9.]+ [MG]iB "
+            rf'\(byte (\d+)\); to wipe it set disks_wipe: \["{host}-data"\]$',
+            line,
+        )
+        assert found, line
+        refused_at[host] = int(found[1])
+    assert MIB + 1024 <= refused_at["lab1"] < MIB + 2048, refused_at  # in the ext4 superblock at 1 MiB + 1 KiB
+    assert offset <= refused_at["lab2"] < offset + GUARANTEED, (offset, refused_at)
+    assert before == (sha256_of(blank, "lab1", *lab1_regions), sha256_of(blank, "lab2", *lab2_regions))
+    assert fstab_lines(blank, "lab1") == fstab_lines(blank, "lab2") == []
+
+    # Following the hint with the disk's kernel name instead of its serial: refused, naming the variable.
+    unstable = up_disks(blank, disks_inventory(blank, tmp_path, disks_wipe=["/dev/vdb"]), "lab1")
+    assert unstable.returncode == 1, unstable.stdout
+    assert recap(unstable.stdout)["lab1"]["changed"] == 0
+    assert (
+        'disks_wipe: "/dev/vdb" is a kernel name, which can be another disk after a reboot; name the disk by its '
+        "serial or a /dev/disk/by-id link (here: lab1-data)" in unstable.stdout
+    )
+    assert sha256_of(blank, "lab1", *lab1_regions) == before[0]

@@ -10,10 +10,14 @@ SSH forwarding.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
+import secrets
 import shutil
+import ssl
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -25,6 +29,7 @@ pytestmark = pytest.mark.usefixtures("session_hosts_paused")
 
 CLIENT = "/tmp/llm_client.py"
 NGINX = "http://127.0.0.1:80"
+NGINX_TLS = "https://127.0.0.1:443"
 DIRECT = "http://127.0.0.1:8000"
 TAGS = "container_runtime,inference,nginx"
 
@@ -190,3 +195,132 @@ def test_a_deploy_that_never_gets_healthy_is_rolled_back(lab: Lab, converged: tu
         assert time.monotonic() < deadline, "the restored replica did not serve again"
         time.sleep(3)
     assert client(lab, host, "complete", NGINX, "--tokens", "1")["status"] == 200
+
+
+# --- TLS and basic auth, and config sets that must not replace the live ones ------------------------------------
+# These run last: they leave the gateway on TLS.
+
+# The sha256 of the certificate the gateway presents, read on the host.
+SERVED_CERTIFICATE = (
+    "python3 -c 'import hashlib, ssl; "
+    'print(hashlib.sha256(ssl.PEM_cert_to_DER_cert(ssl.get_server_certificate(("127.0.0.1", 443)))).hexdigest())\''
+)
+
+
+def certificate_pair(directory: Path, name: str) -> tuple[Path, Path]:
+    """A fresh self-signed certificate and its key, made for this run (nothing of the kind is committed)."""
+    certificate, key = directory / f"{name}.crt", directory / f"{name}.key"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+         "-days", "2", "-subj", f"/CN=provision-test-{name}", "-keyout", str(key), "-out", str(certificate)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return certificate, key
+
+
+def fingerprint(certificate: Path) -> str:
+    return hashlib.sha256(ssl.PEM_cert_to_DER_cert(certificate.read_text())).hexdigest()
+
+
+@dataclass(frozen=True)
+class Gateway:
+    lab: Lab
+    inventory: Path
+    host: str
+    certificate: Path
+    key: Path
+    settings: dict
+    applied: subprocess.CompletedProcess[str]
+    again: subprocess.CompletedProcess[str]
+
+    @property
+    def authorized(self) -> str:
+        user = self.settings["nginx_basic_auth_users"][0]
+        return f"https://{user['name']}:{user['password']}@127.0.0.1:443"
+
+    def with_host_vars(self, extra: dict, *args: str) -> subprocess.CompletedProcess[str]:
+        """`provision up` with extra settings for the host on top of the gateway's; they are removed after."""
+        host_vars = self.inventory / "host_vars" / f"{self.host}.yml"
+        host_vars.write_text(yaml.safe_dump(self.settings | extra))
+        try:
+            return self.lab.provision("up", "-i", str(self.inventory), "--limit", self.host, *args)
+        finally:
+            host_vars.write_text(yaml.safe_dump(self.settings))
+
+
+@pytest.fixture(scope="module")
+def tls_gateway(
+    lab: Lab, converged: tuple, serving: tuple[Path, str], tmp_path_factory: pytest.TempPathFactory
+) -> Gateway:
+    """The gateway switched to TLS with a certificate made here and basic auth by `provision up`, run twice."""
+    inventory, host = serving
+    certificate, key = certificate_pair(tmp_path_factory.mktemp("tls"), "gateway")
+    settings = {
+        "nginx_tls": True,
+        "nginx_tls_certificate_src": str(certificate),
+        "nginx_tls_certificate_key_src": str(key),
+        "nginx_basic_auth_users": [{"name": "tester", "password": "pw-" + secrets.token_urlsafe(12)}],
+    }
+    (inventory / "host_vars").mkdir(exist_ok=True)
+    (inventory / "host_vars" / f"{host}.yml").write_text(yaml.safe_dump(settings))
+    applied = lab.provision("up", "-i", str(inventory), "--tags", "nginx", "--limit", host)
+    again = lab.provision("up", "-i", str(inventory), "--tags", "nginx", "--limit", host)
+    return Gateway(lab, inventory, host, certificate, key, settings, applied, again)
+
+
+def test_tls_and_basic_auth_on_the_gateway(lab: Lab, tls_gateway: Gateway) -> None:
+    gateway, host = tls_gateway, tls_gateway.host
+    assert gateway.applied.returncode == 0, gateway.applied.stdout + gateway.applied.stderr
+    assert recap(gateway.again.stdout)[host]["changed"] == 0, gateway.again.stdout  # the staged set is the live one
+    assert lab.sh(host, SERVED_CERTIFICATE).strip() == fingerprint(gateway.certificate)
+    assert client(lab, host, "complete", NGINX_TLS, "--tokens", "1")["status"] == 401
+    assert client(lab, host, "complete", gateway.authorized, "--tokens", "1")["status"] == 200
+    # 24 tokens 50 ms apart, through TLS: events that arrive apart left the server before its last one.
+    streamed = client(lab, host, "stream", gateway.authorized, "--tokens", "24")
+    assert streamed["status"] == 200 and streamed["done"], streamed
+    assert streamed["separate_arrivals"] >= 20, streamed
+    assert streamed["ttft"] < streamed["total"] / 3, streamed
+    assert lab.sh(host, "sudo stat -c '%a %U' /etc/nginx/tls/provision.key").split() == ["600", "root"]
+
+
+def test_a_key_that_does_not_match_never_replaces_the_live_set(lab: Lab, tls_gateway: Gateway, tmp_path: Path) -> None:
+    host = tls_gateway.host
+    _, other_key = certificate_pair(tmp_path, "other")
+    live = lab.sh(
+        host, "sudo sha256sum /etc/nginx/nginx.conf /etc/nginx/tls/provision.crt /etc/nginx/tls/provision.key"
+    )
+    runs = [
+        tls_gateway.with_host_vars({"nginx_tls_certificate_key_src": str(other_key)}, "--tags", "nginx")
+        for _ in range(2)
+    ]
+    for run in runs:  # the second run fails too: a refused set is never taken for applied
+        output = run.stdout + run.stderr
+        assert run.returncode != 0, output
+        assert "key values mismatch" in output, output
+        assert "/etc/nginx/tls/provision.key" in output and str(other_key) in output, output
+    assert (
+        lab.sh(host, "sudo sha256sum /etc/nginx/nginx.conf /etc/nginx/tls/provision.crt /etc/nginx/tls/provision.key")
+        == live
+    )
+    assert lab.sh(host, "sudo ls -A /etc/nginx/tls").split() == ["provision.crt", "provision.key"]  # no backups
+    assert lab.sh(host, SERVED_CERTIFICATE).strip() == fingerprint(tls_gateway.certificate)
+    assert client(lab, host, "complete", tls_gateway.authorized, "--tokens", "1")["status"] == 200
+
+
+def test_a_daemon_json_that_dockerd_refuses_is_put_back(lab: Lab, tls_gateway: Gateway) -> None:
+    host = tls_gateway.host
+    before = lab.sh(host, "sudo sha256sum /etc/docker/daemon.json 2>/dev/null || echo no daemon.json")
+    run = tls_gateway.with_host_vars(
+        {"container_runtime_daemon_config": {"no-such-option": True}}, "--tags", "container_runtime"
+    )
+    output = run.stdout + run.stderr
+    assert run.returncode != 0, output
+    assert "/etc/docker/daemon.json" in output and "no-such-option" in output, output  # dockerd's own words
+    assert lab.sh(host, "sudo sha256sum /etc/docker/daemon.json 2>/dev/null || echo no daemon.json") == before
+    assert lab.sh(host, "systemctl is-active docker inference-1 inference-2").split() == ["active"] * 3
+    for port in (8000, 8001):
+        deadline = time.monotonic() + 90
+        while lab.ssh(host, f"python3 {CLIENT} complete http://127.0.0.1:{port} --tokens 1").returncode != 0:
+            assert time.monotonic() < deadline, f"the replica on port {port} did not serve again"
+            time.sleep(3)
+    assert client(lab, host, "complete", tls_gateway.authorized, "--tokens", "1")["status"] == 200

@@ -397,3 +397,12 @@ def test_up_with_bad_variables_exits_2_naming_them_and_contacts_nothing(write: W
         "'ip_hash', 'random', 'random two least_conn' (set in the inventory)",
         "provision: error: 2 invalid role variables; nothing was contacted",
     ]
+
+
+def test_a_role_that_roles_include_is_checked_on_their_hosts() -> None:
+    """live_config runs inside container_runtime (inference hosts) and nginx (gateway hosts)."""
+    uses = argcheck.role_uses(paths.SITE_PLAYBOOK)
+    assert {use.hosts for use in uses if use.role.name == "live_config"} == {"inference", "gateway"}
+    inv = Inventory(Path("hosts.yml"), ("h1",), {"h1": {}}, {"all": ("h1",), "inference": ("h1",), "gateway": ("h1",)})
+    (problem,) = argcheck.check(inv, paths.SITE_PLAYBOOK, extravars={"live_config_apply": "kill"})
+    assert problem.variable == "live_config_apply" and problem.hosts == ("h1",)

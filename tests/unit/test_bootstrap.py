@@ -1,9 +1,15 @@
 """provision bootstrap without a host: target parsing, the inventory entry, the remote script, errors."""
 
+import os
+import pty
+import secrets
+import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import terminal as terminal_io
 import yaml
 
 from provision import bootstrap
@@ -100,3 +106,27 @@ def test_unreachable_port_is_one_line(tmp_path: Path) -> None:
     with pytest.raises(Exception, match=rf"^root@127.0.0.1:{port}: cannot connect") as info:
         bootstrap.bootstrap(request(host="127.0.0.1", port=port, known_hosts=tmp_path / "kh"), log=print)
     assert "\n" not in str(info.value)
+
+
+def test_a_password_typed_at_a_terminal_is_not_echoed(tmp_path: Path) -> None:
+    """--password-stdin on a pseudo-terminal: what the terminal shows must not hold the typed password."""
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "k")], check=True)
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]  # closed again below: the login is refused after the password is read
+    password = f"typed-{secrets.token_hex(8)}"
+    argv = [sys.executable, "-m", "provision", "bootstrap", "root@127.0.0.1", "--port", str(port), "--password-stdin"]
+    argv += ["--key", str(tmp_path / "k.pub"), "--known-hosts", str(tmp_path / "known_hosts")]
+    pid, terminal = pty.fork()
+    if pid == 0:  # the child: provision, with the pseudo-terminal as its controlling terminal and stdin
+        os.execve(sys.executable, argv, {**os.environ, "HOME": str(tmp_path)})
+    # Type once the prompt is shown (or the program has said nothing for a while: then it does not prompt at all).
+    shown = terminal_io.read_until(terminal, b"password")
+    os.write(terminal, password.encode() + b"\n")
+    while chunk := terminal_io.read(terminal):
+        shown += chunk
+    _, status = os.waitpid(pid, 0)
+    os.close(terminal)
+    text = shown.decode(errors="replace")
+    assert password not in text, f"the password was echoed: {text!r}"
+    assert "root@127.0.0.1's password:" in text
+    assert os.waitstatus_to_exitcode(status) != 0 and "127.0.0.1" in text  # it went on to connect, and failed

@@ -4,6 +4,7 @@ runner.run is replaced by a stub that records whether it was called, so no test 
 preflight errors must stop before the stub is reached.
 """
 
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -169,7 +170,54 @@ def test_up_exit_code_follows_status_and_stats(
 def test_exit_code_values() -> None:
     assert {c.name: c.value for c in ExitCode} == {
         "OK": 0, "FAILED": 1, "USAGE": 2, "ENVIRONMENT": 3, "UNREACHABLE": 4, "INTERRUPTED": 130,
+        "HANGUP": 129, "TERMINATED": 143,
     }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("signum", "code", "verdict"),
+    [
+        (signal.SIGTERM, 143, "stopped by SIGTERM; hosts may be half-provisioned"),
+        (signal.SIGHUP, 129, "stopped by SIGHUP; hosts may be half-provisioned"),
+        (signal.SIGINT, 130, "interrupted; hosts may be half-provisioned"),
+    ],
+)
+def test_up_stopped_by_a_signal_exits_128_plus_its_number(
+    run_cli: Any, stub: RunnerStub, preflighted: Path, signum: int, code: int, verdict: str
+) -> None:
+    stub.result = RunResult("canceled", 254, {"local1": HostStats(ok=1)}, None, signal=signum)
+    result = run_cli("up", "-i", str(preflighted))
+    assert result.code == code
+    assert verdict in one_line(result.err)
+
+
+@pytest.mark.parametrize("limit", ["nosuchhost", "lab1,nosuchhost", "all:!nosuchhost", "lab*:&nosuch*"])
+def test_up_limit_matching_nothing_is_a_usage_error(
+    run_cli: Any, stub: RunnerStub, preflighted: Path, limit: str
+) -> None:
+    result = run_cli("up", "-i", str(preflighted), "--limit", limit)
+    assert result.code == ExitCode.USAGE
+    name = limit.rsplit(":", 1)[-1].split(",")[-1].lstrip("!&")
+    assert one_line(result.err) == (
+        f"provision: error: --limit {limit!r}: {name!r} matches no host or group in {preflighted}; "
+        "nothing was contacted"
+    )
+    assert stub.requests == []
+
+
+@pytest.mark.parametrize("limit", ["lab1", "lab*,gpu", "all:!lab2", "lab:&lab1", "~lab[12]", "lab[0]"])
+def test_up_limit_matching_hosts_runs(run_cli: Any, stub: RunnerStub, preflighted: Path, limit: str) -> None:
+    assert run_cli("up", "-i", str(preflighted), "--limit", limit).code == 0
+    assert [r.limit for r in stub.requests] == [limit]
+
+
+def test_up_passes_the_token_variable_an_inventory_names(run_cli: Any, stub: RunnerStub, write: Write) -> None:
+    inventory = write(
+        "named/hosts.yml",
+        "all:\n  hosts:\n    h1:\n      weights_token_env: HF_TOKEN\n    h2:\n      weights_token_env: ''\n",
+    )
+    assert run_cli("up", "-i", str(inventory), "-e", "weights_token_env=MIRROR_TOKEN").code == 0
+    assert stub.requests[0].controller_env == ("HF_TOKEN", "MIRROR_TOKEN")
 
 
 def test_debug_shows_the_traceback(run_cli: Any, tmp_path: Path, monkeypatch: Any) -> None:
@@ -195,19 +243,40 @@ def test_help_and_version_exit_0(run_cli: Any) -> None:
 # ---- render -------------------------------------------------------------------------------------------
 
 
-def test_render_to_out_dir(run_cli: Any, local_inventory: Path, tmp_path: Path) -> None:
+@pytest.fixture
+def serving_inventory(write: Write) -> Path:
+    """local1 in the inference group (which playbooks/serving.yml runs the inference role on), db1 in none."""
+    return write(
+        "serving/hosts.yml",
+        "all:\n  children:\n    inference:\n      hosts:\n        local1:\n    db:\n      hosts:\n        db1:\n",
+    )
+
+
+def test_render_to_out_dir(run_cli: Any, serving_inventory: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    result = run_cli("render", "-i", str(local_inventory), "--host", "local1", "--out", str(out))
+    result = run_cli("render", "-i", str(serving_inventory), "--host", "local1", "--out", str(out))
     assert result.code == 0, result.err
     unit = (out / "inference.service").read_text()
     assert unit.startswith("# Managed by provision; local changes will be overwritten.\n")
     assert "wrote " in result.out
 
 
-def test_render_to_stdout_has_headers(run_cli: Any, local_inventory: Path) -> None:
-    result = run_cli("render", "-i", str(local_inventory), "--host", "local1")
+def test_render_to_stdout_has_headers(run_cli: Any, serving_inventory: Path) -> None:
+    result = run_cli("render", "-i", str(serving_inventory), "--host", "local1")
     assert result.code == 0
     assert result.out.startswith("# ==> inference.service <==\n# Managed by provision")
+
+
+def test_render_for_a_host_outside_the_serving_groups_says_there_is_nothing(
+    run_cli: Any, serving_inventory: Path, tmp_path: Path
+) -> None:
+    result = run_cli("render", "-i", str(serving_inventory), "--host", "db1", "--out", str(tmp_path / "out"))
+    assert result.code == 0
+    assert result.out == "" and not (tmp_path / "out").exists()
+    assert one_line(result.err) == (
+        "nothing to render for db1: serving.yml runs inference on 'inference' and nginx on 'gateway', "
+        "and db1 is in neither"
+    )
 
 
 def test_render_unknown_host(run_cli: Any, local_inventory: Path) -> None:
@@ -264,6 +333,15 @@ def test_test_rejects_ansible_only_limit_patterns(run_cli: Any, pytest_stub: Pyt
     assert result.code == 2
     assert "'nothere' matches no host or group" in one_line(result.err)
     assert pytest_stub.calls == []
+
+
+def test_render_into_an_unwritable_place_says_so_in_one_line(run_cli: Any, write: Write, tmp_path: Path) -> None:
+    inventory = write("serving/hosts.yml", "all:\n  children:\n    gateway:\n      hosts:\n        gw1:\n")
+    (tmp_path / "a-file").write_text("")
+    out = tmp_path / "a-file" / "out"
+    result = run_cli("render", "-i", str(inventory), "--host", "gw1", "--out", str(out))
+    assert result.code == 2
+    assert result.err == f"provision: error: --out: cannot write {out}/nginx.conf: Not a directory\n"
 
 
 # ---- lab ----------------------------------------------------------------------------------------------

@@ -4,7 +4,11 @@ The module runs on the target; here its pure functions get data shaped like what
 /proc and sysfs give on a real host (the lab's layout: /dev/vda holds /, /dev/vdb is the data disk).
 """
 
+import bisect
+import itertools
 import json
+import os
+import random
 from pathlib import Path
 from typing import Any
 
@@ -254,9 +258,9 @@ BLANK = {"verdict": "blank", "reason": "", "wipeable": False}
         ),
         (
             "data without any signature",
-            device("vdb", data=True),
+            device("vdb", data_at=(1 << 20) + 1080),
             {},
-            {"verdict": "refuse", "reason": dp.describe_contents(device("vdb", data=True)), "wipeable": True},
+            {"verdict": "refuse", "reason": "non-zero data at offset 1.0 MiB (byte 1049656)", "wipeable": True},
         ),
         (
             "active swap",
@@ -390,7 +394,7 @@ def test_refusal_of_a_disk_with_a_mountable_partition_says_how_to_mount_it() -> 
     assert disk["error"].endswith('to wipe it set disks_wipe: ["lab1-data"]')
 
 
-@pytest.mark.parametrize("name", ["lab1-data", "/dev/vdb", "/dev/disk/by-id/virtio-lab1-data"])
+@pytest.mark.parametrize("name", ["lab1-data", "/dev/disk/by-id/virtio-lab1-data"])
 def test_disks_wipe_by_any_name_allows_wiping(name: str) -> None:
     host = lab_host(device("vdb", blkid=DOS, signatures=["dos at 0x1fe"]))
     (disk,) = run_probe(host, [{"serial": "lab1-data", "mount": "/srv/models"}], wipe=[name])["disks"]
@@ -403,7 +407,7 @@ def test_disks_wipe_never_overrides_a_disk_in_use_nor_a_filesystem() -> None:
     (disk,) = run_probe(swap, [{"device": "/dev/vdb", "mount": "/srv/models"}], wipe=["lab1-data"])["disks"]
     assert (disk["wipe"], disk["error"]) == (False, "disks: /dev/vdb (serial lab1-data) is in use as swap")
     ext4 = lab_host(device("vdb", blkid={"TYPE": "ext4", "UUID": UUID}, signatures=["ext4 at 0x438"]))
-    (disk,) = run_probe(ext4, [{"device": "/dev/vdb", "mount": "/srv/models", "fstype": "xfs"}], wipe=["/dev/vdb"])[
+    (disk,) = run_probe(ext4, [{"device": "/dev/vdb", "mount": "/srv/models", "fstype": "xfs"}], wipe=["lab1-data"])[
         "disks"
     ]
     assert (disk["verdict"], disk["wipe"], disk["format"], disk["fstype"], disk["uuid"]) == (
@@ -527,3 +531,247 @@ def test_gather_host_reads_a_sysfs_tree(tmp_path: Path) -> None:
     assert (vdb.size, vdb.serial, vdb.partitions, vdb.holders) == (20 << 30, "lab1-data", ["vdb1"], ["dm-0"])
     assert (host.devices["vdb1"].partition, host.devices["vdb1"].parent) == (True, "vdb")
     assert host.devices["sdb"].serial == "models"
+
+
+# ---- disks_wipe names ---------------------------------------------------------------------------------------
+
+
+def twin_host() -> Any:
+    """The lab host, plus vdc and vdd that report the same serial (one disk on two paths, or a cloud's mistake)."""
+    return lab_host(vdc=device("vdc", serial="twin"), vdd=device("vdd", serial="twin"))
+
+
+@pytest.mark.parametrize(
+    ("wipe", "problems"),
+    [
+        (["lab1-data"], []),
+        (["d-lab1-data", "/dev/disk/by-id/virtio-lab1-data", "/dev/disk/by-path/pci-0000:00:05.0"], []),
+        (
+            ["/dev/vdb"],
+            [
+                'disks_wipe: "/dev/vdb" is a kernel name, which can be another disk after a reboot; name the disk '
+                "by its serial or a /dev/disk/by-id link (here: lab1-data)"
+            ],
+        ),
+        (["/dev/nvme1n1"], ['disks_wipe: "/dev/nvme1n1" is a kernel name, which can be another disk after a reboot;']),
+        (
+            ["twin"],
+            ['disks_wipe: "twin" names 2 disks (/dev/vdc, /dev/vdd); name one of them by its /dev/disk/by-id or'],
+        ),
+    ],
+)
+def test_wipe_names_that_could_wipe_the_wrong_disk(wipe: list[str], problems: list[str]) -> None:
+    found = dp.wipe_problems(wipe, twin_host(), [])
+    assert len(found) == len(problems)
+    assert all(line.startswith(expected) and "\n" not in line for line, expected in zip(found, problems, strict=True))
+
+
+def test_a_wipe_name_of_two_disks_stops_the_host_before_any_disk_is_read() -> None:
+    result = run_probe(twin_host(), [{"serial": "lab1-data", "mount": "/srv/models"}], wipe=["lab1-data", "twin"])
+    assert result["failed"] is True
+    assert result["msg"].startswith('disks_wipe: "twin" names 2 disks (/dev/vdc, /dev/vdd)')
+    assert (result["disks"], result["inspected"]) == ([], [])
+
+
+def test_a_cloud_name_counts_as_a_name_of_its_disk() -> None:
+    """On GCP `models` is the disk's name: disks_wipe may use it, and it is one more name that may be ambiguous."""
+    host = lab_host(sdc=device("sdc", serial="models"))
+    assert dp.wipe_problems(["models"], host, []) == []  # only sdc's serial
+    assert dp.wipe_problems(["models"], host, [("vdb", "models")]) == [
+        'disks_wipe: "models" names 2 disks (/dev/sdc, /dev/vdb); name one of them by its /dev/disk/by-id or by-path '
+        "link"
+    ]
+    assert dp.wipe_problems(["lab1-data"], host, [("vdb", "models")]) == []
+
+
+def test_a_disk_without_a_stable_name_gets_no_kernel_name_as_wipe_hint() -> None:
+    vdb = device("vdb", blkid=DOS, signatures=["dos at 0x1fe"])
+    host = lab_host(vdb)
+    vdb.serial, vdb.links = "", []
+    (disk,) = run_probe(host, [{"device": "/dev/vdb", "mount": "/srv/models"}])["disks"]
+    assert disk["error"] == "disks: /dev/vdb is not blank: dos partition table; it has no stable name for disks_wipe"
+
+
+# ---- the scan for data ------------------------------------------------------------------------------------
+
+KIB, MIB, GIB, TIB = 1 << 10, 1 << 20, 1 << 30, 1 << 40
+
+
+def covers(plan: Any, offset: int) -> bool:
+    """Whether one of the plan's reads covers the byte at `offset`."""
+    index = bisect.bisect_right(plan.reads, (offset, 1 << 62)) - 1
+    return index >= 0 and offset < plan.reads[index][0] + plan.reads[index][1]
+
+
+@pytest.mark.parametrize(
+    ("size", "stride", "strided"),
+    [
+        (4 * MIB, 16 * MIB, 1),  # the first and last 4 MiB are the whole disk
+        (6 * MIB + 512, 16 * MIB, 1),
+        (1 * GIB, 16 * MIB, 64),
+        (20 * GIB, 16 * MIB, 1280),  # the lab's data disk
+        (20 * GIB + 3 * 512, 16 * MIB, 1281),  # not a multiple of 4 KiB: the last read comes back short
+        (32 * GIB, 16 * MIB, 2048),
+        (32 * GIB + 1, 32 * MIB, 1025),
+        (100 * GIB, 64 * MIB, 1600),
+        (2 * TIB, 1 * GIB, 2048),
+        (64 * TIB, 32 * GIB, 2048),
+        (1 << 50, 512 * GIB, 2048),
+    ],
+)
+def test_scan_plan(size: int, stride: int, strided: int) -> None:
+    plan = dp.plan_scan(size)
+    assert plan.stride == stride
+    assert len(range(0, size, stride)) == strided
+    assert all(covers(plan, offset) for offset in range(0, size, stride))  # 4 KiB at every multiple of the stride
+    edges = [*range(0, min(4 * MIB, size), 4 * KIB), *range(max(0, size - 4 * MIB), size, 4 * KIB), size - 1]
+    assert all(covers(plan, offset) for offset in edges)  # the first and last 4 MiB whole
+    assert all(covers(plan, offset) for offset in dp.metadata_offsets(size))
+    for (start, length), (after, _) in itertools.pairwise(plan.reads):
+        assert start % 4096 == length % 4096 == 0 and start + length <= after  # aligned for O_DIRECT, apart
+    assert plan.reads[-1][0] < size <= plan.reads[-1][0] + plan.reads[-1][1]
+    # Bounded whatever the size: 2048 strided reads, 8 of 1 MiB at the ends, the metadata places.
+    assert len(dp.metadata_offsets(size)) <= 80
+    assert len(plan.reads) <= 2048 + 8 + 80
+    assert sum(length for _, length in plan.reads) <= 8 * MIB + (2048 + 80) * 4 * KIB
+
+
+@pytest.mark.parametrize("size", [1 * GIB, 20 * GIB, 100 * GIB, 2 * TIB])
+def test_a_region_of_stride_bytes_anywhere_is_read_and_no_smaller_size_is_promised(size: int) -> None:
+    """The README's guarantee, checked on the plan: any `stride` bytes in a row hold a byte the scan reads; and
+    there is a gap of stride - 4 KiB between reads, so no smaller size could be promised."""
+    plan = dp.plan_scan(size)
+    seed = random.randrange(1 << 32)
+    rng = random.Random(seed)
+    for start in [0, 1, size - plan.stride] + [rng.randrange(size - plan.stride + 1) for _ in range(2000)]:
+        # The region [start, start + stride) holds exactly one multiple of the stride, and that byte is read.
+        assert covers(plan, -(-start // plan.stride) * plan.stride), (seed, start)
+    gaps = [after - (start + length) for (start, length), (after, _) in itertools.pairwise(plan.reads)]
+    assert max(gaps) == plan.stride - 4096
+
+
+def test_metadata_places_of_an_ext4_on_a_partition_at_1_mib() -> None:
+    offsets = dp.metadata_offsets(20 * GIB)
+    ext4_backups = [MIB + group * 128 * MIB for group in (1, 3, 5, 7, 9, 25, 27, 49, 81, 125)]
+    assert set(ext4_backups) <= set(offsets)
+    assert {64 * KIB, 64 * MIB, MIB + 64 * MIB} <= set(offsets)  # btrfs, on the disk and on the partition
+    assert 5 * GIB in offsets  # the second allocation group of an XFS on the whole 20 GiB disk
+    assert MIB + 3 * 128 * MIB not in range(0, 20 * GIB, 16 * MIB)  # found only because it is listed
+
+
+def sparse_device(tmp_path: Path, size: int, *regions: tuple[int, bytes]) -> int:
+    """A sparse file of `size` bytes, zeros except `regions`, opened read-only as a stand-in for a disk."""
+    path = tmp_path / "disk.img"
+    with path.open("wb") as disk:
+        disk.truncate(size)
+        for offset, data in regions:
+            disk.seek(offset)
+            disk.write(data)
+    return os.open(path, os.O_RDONLY)
+
+
+def nonzero(length: int) -> bytes:
+    return (bytes(range(1, 256)) * (length // 255 + 1))[:length]
+
+
+@pytest.mark.parametrize(
+    ("case", "size", "regions", "found"),
+    [
+        ("zeros everywhere", 20 * GIB, [], None),
+        ("an ext4 superblock at 1 MiB + 1 KiB", 20 * GIB, [(MIB + 1024, b"\x53\xef")], MIB + 1024),
+        ("a backup superblock of that ext4", 2 * GIB, [(MIB + 3 * 128 * MIB, nonzero(1024))], MIB + 3 * 128 * MIB),
+        ("one byte in the last 4 MiB", 20 * GIB + 512, [(20 * GIB - 3 * MIB + 7, b"x")], 20 * GIB - 3 * MIB + 7),
+        ("two places: the lower is reported", 20 * GIB, [(19 * GIB, b"x"), (8 * GIB, b"y")], 8 * GIB),
+        ("a small file between the reads", 20 * GIB, [(11 * GIB + 4096, nonzero(16 * MIB - 8192))], None),
+    ],
+    ids=lambda value: value if isinstance(value, str) else "",
+)
+def test_scan_for_data(tmp_path: Path, case: str, size: int, regions: list[tuple[int, bytes]], found: Any) -> None:
+    fd = sparse_device(tmp_path, size, *regions)
+    try:
+        plan = dp.plan_scan(size)
+        at, read = dp.scan_for_data(fd, plan)
+    finally:
+        os.close(fd)
+    assert at == found, case
+    if found is None:  # everything was read: the reads' lengths, the last one short of a 4 KiB block
+        assert read == sum(min(length, size - start) for start, length in plan.reads)
+
+
+def test_scan_finds_a_region_of_the_guaranteed_size_at_a_random_offset(tmp_path: Path) -> None:
+    size = 20 * GIB
+    stride = dp.plan_scan(size).stride
+    seed = random.randrange(1 << 32)
+    start = random.Random(seed).randrange(4 * MIB, size - 4 * MIB - stride)  # away from the ends read whole
+    fd = sparse_device(tmp_path, size, (start, nonzero(stride)))
+    try:
+        at, _ = dp.scan_for_data(fd, dp.plan_scan(size))
+    finally:
+        os.close(fd)
+    assert at is not None and start <= at < start + stride, (seed, start, at)
+
+
+# ---- probing again before mkfs ----------------------------------------------------------------------------
+
+
+def planned(dev: Any, **host_args: Any) -> dict[str, Any]:
+    """The plan entry the first probe makes for vdb."""
+    host = lab_host(dev, **host_args)
+    (disk,) = run_probe(host, [{"serial": "lab1-data", "mount": "/srv/models"}], wipe=["lab1-data"])["disks"]
+    return disk
+
+
+@pytest.mark.parametrize(
+    ("case", "then", "now", "why"),
+    [
+        ("still blank", device("vdb"), device("vdb"), ""),
+        ("still the same partition table", device("vdb", blkid=DOS), device("vdb", blkid=DOS), ""),
+        (
+            "data written since",
+            device("vdb"),
+            device("vdb", data_at=5 * GIB),
+            "disks: /dev/vdb (serial lab1-data) changed since it was probed (was: blank; "
+            "now: non-zero data at offset 5.0 GiB (byte 5368709120))",
+        ),
+        (
+            "a filesystem made since",
+            device("vdb"),
+            device("vdb", blkid={"TYPE": "xfs", "UUID": UUID}, signatures=["xfs at 0x0"]),
+            "disks: /dev/vdb (serial lab1-data) changed since it was probed (was: blank; now: filesystem)",
+        ),
+        (
+            "other contents than the ones disks_wipe was meant for",
+            device("vdb", blkid=DOS),
+            device("vdb", blkid={"PTTYPE": "gpt"}),
+            "disks: /dev/vdb (serial lab1-data) changed since it was probed (was: dos partition table; "
+            "now: gpt partition table)",
+        ),
+        (
+            "mounted since",
+            device("vdb"),
+            device("vdb", busy=True),
+            "disks: /dev/vdb (serial lab1-data) changed since it was probed (was: blank; "
+            "now: is busy: the kernel or a program holds it open exclusively)",
+        ),
+        (
+            "another disk under the name",
+            device("vdb"),
+            device("vdb", serial="lab9-data"),
+            "disks: /dev/vdb (serial lab1-data) is no longer the disk that was probed "
+            "(now: 20.0 GiB, serial lab9-data)",
+        ),
+    ],
+    ids=lambda value: value if isinstance(value, str) else "",
+)
+def test_changed_since_the_probe(case: str, then: Any, now: Any, why: str) -> None:
+    plan = planned(then)
+    assert plan["format"], case
+    host = lab_host(now)
+    decision = dp.decide(host.devices["vdb"], host, plan["mount"], [])
+    assert dp.changed_since(plan, host.devices["vdb"], decision) == why
+
+
+def test_a_disk_gone_since_the_probe() -> None:
+    assert dp.changed_since(planned(device("vdb")), None, None) == (
+        "disks: /dev/vdb (serial lab1-data) is no longer the disk that was probed (now: gone)"
+    )

@@ -12,7 +12,9 @@ from provision.inventory import Inventory
 
 
 def inventory(**hostvars: Any) -> Inventory:
-    return Inventory(path=Path("inventories/test/hosts.yml"), hosts=("h1",), hostvars={"h1": hostvars})
+    """h1 in both serving groups, so it gets the inference unit and nginx.conf."""
+    groups = {"inference": ("h1",), "gateway": ("h1",)}
+    return Inventory(path=Path("inventories/test/hosts.yml"), hosts=("h1",), hostvars={"h1": hostvars}, groups=groups)
 
 
 def unit(**hostvars: Any) -> str:

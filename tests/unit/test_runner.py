@@ -5,16 +5,20 @@ The real runs use `connection: local` against a throwaway project, so they need 
 """
 
 import os
+import pty
+import secrets
 import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+import terminal as terminal_io
 
 from provision import paths, runner
 from provision.errors import ExitCode
@@ -45,6 +49,14 @@ PLAYBOOK = """\
       ansible.builtin.command: sleep 60
       changed_when: false
       tags: [never, sleep]
+    - name: Gather the minimal facts
+      ansible.builtin.setup:
+        gather_subset: ["!all", "min"]
+      tags: [never, facts]
+    - name: Report what the environment passes on
+      ansible.builtin.debug:
+        msg: "{{ lookup('env', 'SSH_AUTH_SOCK') }}|{{ lookup('env', 'PROVISION_TEST_TOKEN') | length }}"
+      tags: [never, env]
 """
 
 
@@ -193,6 +205,148 @@ def test_ctrl_c_cancels_the_run_and_restores_the_handler(project: Path, local_in
         if pid.isdigit() and str(local_inventory).encode() in _cmdline(pid)
     ]  # fmt: skip
     assert not survivors, f"processes of the cancelled run are still running: {survivors}"
+
+
+def _survivors(inventory: Path) -> list[str]:
+    return [pid for pid in os.listdir("/proc") if pid.isdigit() and str(inventory).encode() in _cmdline(pid)]
+
+
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGHUP, 129)])
+def test_sigterm_and_sighup_stop_the_run_like_ctrl_c(
+    project: Path, local_inventory: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, signum: int, code: int
+) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+
+    def on_event(event: dict[str, Any]) -> None:
+        if event["event"] == "runner_on_start" and event["event_data"].get("task") == "Sleep":
+            os.kill(os.getpid(), signum)
+
+    result = run(project, local_inventory, on_event, tags=("sleep",))
+    assert result.status == "canceled" and result.signal == signum
+    assert runner.outcome(result) == code
+    assert {s: signal.getsignal(s) for s in before} == before
+    assert list((tmp_path / "tmp").glob("provision-*")) == [], "the private data dir must be removed"
+    assert not _survivors(local_inventory), "processes of the stopped run are still running"
+
+
+def test_an_ignored_signal_stays_ignored(project: Path, local_inventory: Path) -> None:
+    """nohup ignores SIGHUP so that a run outlives its terminal: the run must not install a handler over that."""
+
+    def on_event(event: dict[str, Any]) -> None:
+        if event["event"] == "runner_on_start":
+            os.kill(os.getpid(), signal.SIGHUP)
+
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        result = run(project, local_inventory, on_event, tags=("report",))
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+    assert result.status == "successful" and result.signal is None
+    assert runner.outcome(result) is ExitCode.OK
+
+
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGHUP, 129)])
+def test_provision_up_exits_128_plus_the_signal_and_leaves_nothing_behind(
+    project: Path, local_inventory: Path, tmp_path: Path, signum: int, code: int
+) -> None:
+    """The real command in its own process: the signal comes from outside, mid-task."""
+    env, scratch = _provision_env(project, tmp_path)
+    argv = [sys.executable, "-m", "provision", "up", "-i", str(local_inventory), "--tags", "sleep"]
+    with subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        assert proc.stdout is not None
+        seen = []
+        for line in proc.stdout:  # ansible-playbook runs once the play starts; the only task sleeps 60 s
+            seen.append(line)
+            if line.startswith("PLAY"):
+                proc.send_signal(signum)
+                break
+        out, err = proc.communicate()
+    assert proc.returncode == code, "".join(seen) + out + err
+    assert f"stopped by {signal.Signals(signum).name}" in err
+    assert "Traceback" not in err
+    # (The killed task's own module payload may stay in TMPDIR: with connection local this is also the host.)
+    assert list(scratch.glob("provision-*")) == [], "the private data dir must be removed"
+    assert not _survivors(local_inventory), "processes of the stopped run are still running"
+
+
+def test_provision_up_exits_129_when_its_terminal_closes(project: Path, local_inventory: Path, tmp_path: Path) -> None:
+    """A closed terminal: the kernel sends SIGHUP, and every later write to the terminal fails."""
+    env, scratch = _provision_env(project, tmp_path)
+    argv = [sys.executable, "-m", "provision", "up", "-i", str(local_inventory), "--tags", "sleep"]
+    pid, terminal = pty.fork()
+    if pid == 0:  # the child: provision, on the pseudo-terminal
+        os.execve(sys.executable, argv, env)
+    shown = terminal_io.read_until(terminal, b"PLAY")  # ansible-playbook runs; the only task sleeps 60 s
+    os.close(terminal)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 129, shown
+    assert list(scratch.glob("provision-*")) == [], "the private data dir must be removed"
+    assert not _survivors(local_inventory), "processes of the stopped run are still running"
+
+
+def _provision_env(project: Path, tmp_path: Path) -> tuple[dict[str, str], Path]:
+    """The environment for `provision up` with the test project as site.yml, and its own TMPDIR."""
+    home = tmp_path / "home"
+    (home / "playbooks").mkdir(parents=True)
+    shutil.copy(project / "site.yml", home / "playbooks" / "site.yml")
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    return {**os.environ, "PROVISION_HOME": str(home), "TMPDIR": str(scratch), "PYTHONUNBUFFERED": "1"}, scratch
+
+
+def test_only_the_allowed_environment_reaches_ansible_and_the_kept_artifacts(
+    project: Path, local_inventory: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    canary, token, agent = secrets.token_hex(16), secrets.token_hex(16), f"/tmp/agent-{secrets.token_hex(8)}"
+    monkeypatch.setenv("PROVISION_TEST_CANARY", canary)
+    monkeypatch.setenv("SOME_SERVICE_TOKEN", canary)
+    monkeypatch.setenv("SSH_AUTH_SOCK", agent)  # on the allow-list: ssh needs it
+    monkeypatch.setenv("PROVISION_TEST_TOKEN", token)  # named by the run (as weights_token_env names one)
+    seen: list[dict[str, Any]] = []
+    result = run(
+        project,
+        local_inventory,
+        seen.append,
+        tags=("env",),
+        keep_artifacts=True,
+        controller_env=("PROVISION_TEST_TOKEN",),
+    )
+    assert result.artifacts_dir is not None
+    try:
+        assert result.status == "successful"
+        (message,) = [e["event_data"]["res"]["msg"] for e in seen if e["event"] == "runner_on_ok"]
+        assert message == f"{agent}|{len(token)}", "an allowed or named variable did not reach the play"
+        files = [p for p in result.artifacts_dir.rglob("*") if p.is_file()]
+        assert any(agent.encode() in p.read_bytes() for p in files), "the recorded environment was not searched"
+        for path in files:
+            data = path.read_bytes()
+            assert canary.encode() not in data, f"{path} holds the controller's canary variable"
+            assert token.encode() not in data, f"{path} holds the value of a named variable"
+    finally:
+        shutil.rmtree(result.artifacts_dir)
+
+
+def test_the_fact_cache_is_private(
+    project: Path, local_inventory: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ansible.cfg caches facts in ~/.cache/provision/facts: 0700, its files readable by the user alone."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("ANSIBLE_CACHE_PLUGIN_CONNECTION", raising=False)
+    previous = os.umask(0o022)
+    try:
+        result = run(project, local_inventory, tags=("facts",))
+    finally:
+        os.umask(previous)
+    assert result.status == "successful"
+    cache = tmp_path / "home/.cache/provision/facts"
+    files = list(cache.iterdir())
+    assert files, "no facts were cached"
+    assert cache.stat().st_mode & 0o777 == 0o700
+    for path in files:
+        assert path.stat().st_mode & 0o077 == 0, f"{path} is readable by others"
 
 
 def _cmdline(pid: str) -> bytes:

@@ -1,10 +1,15 @@
 """The security smoke checks' pure parts: the rule text, its place before the REJECT, the login argv, and the
 sshd algorithm lists against a fake host."""
 
+import contextlib
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -55,6 +60,152 @@ def test_gateway_hosts_also_check_nginx_ports() -> None:
     assert [p["port"] for p in sec.firewall_ports({**gateway, "group_names": ["inference"]})] == [9100]
 
 
+# ---- SELinux and firewall checks on a fake host: a check with nothing to check says so --------------------
+
+
+@dataclass
+class Ran:
+    rc: int = 0
+    stdout: str = ""
+
+
+@dataclass
+class FakeFile:
+    exists: bool
+    content_string: str = ""
+
+
+@dataclass
+class FakeHost:
+    files: dict[str, str] = field(default_factory=dict)  # path -> content
+    commands: dict[str, Ran] = field(default_factory=dict)  # command -> result; others fail
+    running: tuple[str, ...] = ()
+
+    def file(self, path: str) -> FakeFile:
+        return FakeFile(path in self.files, self.files.get(path, ""))
+
+    def run(self, command: str) -> Ran:
+        return self.commands.get(command, Ran(rc=1))
+
+    def service(self, name: str) -> Any:
+        return type("Service", (), {"is_running": name in self.running})()
+
+    @contextlib.contextmanager
+    def sudo(self) -> Iterator[None]:
+        yield
+
+
+def selinux_host(mode: str | None, boolean: str = "on") -> FakeHost:
+    if mode is None:
+        return FakeHost()
+    commands = {sec.GETENFORCE: Ran(stdout=f"{mode}\n")}
+    commands[f"{sec.GETSEBOOL} httpd_can_network_connect"] = Ran(stdout=f"httpd_can_network_connect --> {boolean}\n")
+    return FakeHost(files={sec.GETENFORCE: ""}, commands=commands)
+
+
+NETWORK = [{"name": "httpd_can_network_connect", "state": True}]
+
+
+@pytest.mark.parametrize(
+    ("mode", "state", "problems", "noted"),
+    [
+        (
+            None,
+            "enforcing",
+            ["SELinux is not installed (/usr/sbin/getenforce is missing), selinux_state asks for enforcing"],
+            False,
+        ),
+        (
+            None,
+            "permissive",
+            ["SELinux is not installed (/usr/sbin/getenforce is missing), selinux_state asks for permissive"],
+            False,
+        ),
+        ("Disabled", "enforcing", ["SELinux is disabled, selinux_state asks for enforcing"], False),
+        (None, "", [], True),
+        ("Disabled", "", [], True),
+        (None, "disabled", [], False),
+        ("Enforcing", "enforcing", [], False),
+        ("Enforcing", "", [], False),
+        ("Permissive", "enforcing", ["SELinux is permissive, selinux_state asks for enforcing"], False),
+    ],
+)
+def test_selinux_check(mode: str | None, state: str, problems: list[str], noted: bool) -> None:
+    notes: list[str] = []
+    assert sec.selinux_problems(selinux_host(mode), state, NETWORK, notes.append) == problems
+    assert bool(notes) is noted, notes
+
+
+def test_selinux_check_finds_a_boolean_off() -> None:
+    assert sec.selinux_problems(selinux_host("Enforcing", "off"), "enforcing", NETWORK) == [
+        "SELinux boolean httpd_can_network_connect is off, expected on"
+    ]
+
+
+RULES = "/etc/iptables/rules.v4"
+
+
+@pytest.mark.parametrize(
+    ("host", "ports", "problems", "note"),
+    [
+        (FakeHost(), [], [], "no ports to check"),
+        (FakeHost(), [{"port": 8080}], [], f"no host firewall: firewalld is not running and {RULES} has no REJECT"),
+        (FakeHost(files={RULES: "\n".join(OCI[:2])}), [{"port": 8080}], [], "no host firewall"),
+        (
+            FakeHost(files={RULES: "\n".join(OCI)}, commands={"iptables -S INPUT": Ran(stdout="\n".join(OCI))}),
+            [{"port": 22}],
+            [],
+            "",
+        ),
+        (
+            FakeHost(files={RULES: "\n".join(OCI)}, commands={"iptables -S INPUT": Ran(stdout="\n".join(OCI))}),
+            [{"port": 8080}],
+            [
+                f"live INPUT chain: {sec.iptables_rule({'port': 8080})!r} missing or after the REJECT",
+                f"{RULES}: {sec.iptables_rule({'port': 8080})!r} missing or after the REJECT",
+            ],
+            "",
+        ),
+        (
+            FakeHost(running=("firewalld",), commands={"firewall-cmd --query-port=80/tcp": Ran()}),
+            [{"port": 80}],
+            ["firewalld --permanent: port 80/tcp is not open"],
+            "",
+        ),
+        (FakeHost(running=("firewalld",)), [], [], "no ports to check"),
+    ],
+    ids=["no-ports", "no-firewall", "no-reject", "open", "missing", "firewalld", "firewalld-no-ports"],
+)
+def test_firewall_check(host: FakeHost, ports: list[dict[str, Any]], problems: list[str], note: str) -> None:
+    notes: list[str] = []
+    assert sec.firewall_problems(host, ports, RULES, notes.append) == problems
+    assert (notes[0] if notes else "").startswith(note) and len(notes) <= 1, notes
+    if not note:
+        assert notes == []
+
+
+def test_nothing_to_check_is_reported_apart_from_a_pass(tmp_path: Path) -> None:
+    """The smoke suite's hooks: such a test passes, but shows as "nothing to check" with its reason, in the
+    terminal and in the JUnit file (as a property), and is not a skip."""
+    (tmp_path / "test_example.py").write_text(
+        "def test_something():\n    pass\n\n"
+        "def test_nothing(nothing_to_check):\n    nothing_to_check('no host firewall here')\n"
+    )
+    junit = tmp_path / "junit.xml"
+    argv = [sys.executable, "-m", "pytest", "-p", "provision.smoke.conftest", "-p", "no:cacheprovider"]
+    argv += ["-q", f"--junitxml={junit}", str(tmp_path / "test_example.py")]
+    proc = subprocess.run(argv, capture_output=True, text=True, cwd=tmp_path, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "1 passed, 1 nothing to check" in proc.stdout
+    assert "NOTHING TO CHECK test_example.py::test_nothing: no host firewall here" in proc.stdout
+    suite = ET.parse(junit).getroot().find("testsuite")
+    assert suite is not None and suite.get("skipped") == "0" and suite.get("failures") == "0"
+    cases = {case.get("name"): case for case in suite.iter("testcase")}
+    properties = {p.get("name"): p.get("value") for p in cases["test_nothing"].iter("property")}
+    assert properties == {"nothing_to_check": "no host firewall here"}
+    assert list(cases["test_something"].iter("property")) == []
+
+
 # ---- sshd's algorithm lists -------------------------------------------------------------------------------
 
 GOLDEN = Path(__file__).parent.parent / "golden" / "ssh"
@@ -87,7 +238,7 @@ class Result:
 
 
 @dataclass
-class FakeHost:
+class SshdHost:
     """sshd -V (as the login user) and sshd -T (with sudo) as a Debian 12 host answers them."""
 
     effective: str
@@ -113,36 +264,36 @@ class FakeHost:
 
 
 def test_the_profile_in_place_passes() -> None:
-    host = FakeHost(sshd_t("strict-9.2.txt"))
+    host = SshdHost(sshd_t("strict-9.2.txt"))
     assert sec.sshd_algorithm_problems(host, "strict") == []
     assert (True, sec.SSHD_T) in host.ran
 
 
 def test_a_hand_edited_list_is_named() -> None:
-    host = FakeHost(sshd_t("strict-9.2.txt", macs="hmac-sha2-256-etm@openssh.com,hmac-sha1"))
+    host = SshdHost(sshd_t("strict-9.2.txt", macs="hmac-sha2-256-etm@openssh.com,hmac-sha1"))
     [problem] = sec.sshd_algorithm_problems(host, "strict")
     assert problem.startswith("sshd offers MACs hmac-sha2-256-etm@openssh.com,hmac-sha1, expected hmac-sha2-512-etm")
     assert problem.endswith("(ssh_crypto_profile strict for OpenSSH 9.2; provision up restores it)")
 
 
 def test_the_distro_defaults_or_another_profile_drift_in_every_list_that_differs() -> None:
-    compatible = FakeHost(sshd_t("compatible-9.2.txt"))
+    compatible = SshdHost(sshd_t("compatible-9.2.txt"))
     problems = sec.sshd_algorithm_problems(compatible, "strict")
     assert [p.split()[2] for p in problems] == ["KexAlgorithms", "HostKeyAlgorithms", "MACs"]
     assert sec.sshd_algorithm_problems(compatible, "compatible") == []
     # The lists follow the host's OpenSSH: Ubuntu 24.04's 9.6 has the same ones as Debian 12's 9.2, EL8's 8.0 fewer.
-    assert sec.sshd_algorithm_problems(FakeHost(sshd_t("strict-9.2.txt"), version=list(SSHD_V)[2]), "strict") == []
-    old = sec.sshd_algorithm_problems(FakeHost(sshd_t("strict-9.2.txt"), version=list(SSHD_V)[1]), "strict")
+    assert sec.sshd_algorithm_problems(SshdHost(sshd_t("strict-9.2.txt"), version=list(SSHD_V)[2]), "strict") == []
+    old = sec.sshd_algorithm_problems(SshdHost(sshd_t("strict-9.2.txt"), version=list(SSHD_V)[1]), "strict")
     assert [p.split()[2] for p in old] == ["KexAlgorithms"] and "for OpenSSH 8.0" in old[0]
 
 
 def test_a_missing_list_and_an_unknown_version_are_problems_and_none_checks_nothing() -> None:
     text = "".join(line + "\n" for line in sshd_t("strict-9.2.txt").splitlines() if not line.startswith("ciphers "))
-    assert [p.split()[:4] for p in sec.sshd_algorithm_problems(FakeHost(text), "strict")] == [
+    assert [p.split()[:4] for p in sec.sshd_algorithm_problems(SshdHost(text), "strict")] == [
         ["sshd", "offers", "Ciphers", "(none),"]
     ]
-    unknown = FakeHost(sshd_t("strict-9.2.txt"), version="sshd: command not found\n")
+    unknown = SshdHost(sshd_t("strict-9.2.txt"), version="sshd: command not found\n")
     assert sec.sshd_algorithm_problems(unknown, "strict") == [
         f"cannot tell the OpenSSH version from {sec.SSHD} -V: sshd: command not found"
     ]
-    assert sec.sshd_algorithm_problems(FakeHost("garbage"), "none") == []
+    assert sec.sshd_algorithm_problems(SshdHost("garbage"), "none") == []

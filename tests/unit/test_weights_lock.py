@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import http.server
+import socket
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -111,3 +116,95 @@ def test_the_lock_command_writes_a_lockfile_and_refuses_two_sources(run_cli: Any
     assert both.code == 2 and "either a local model directory or --endpoint" in both.err
     missing = run_cli("weights", "verify", "-i", str(tmp_path / "nowhere.yml"))
     assert missing.code == 2 and "nowhere.yml" in missing.err
+
+
+class _Answer(http.server.BaseHTTPRequestHandler):
+    body = b""
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(self.body)))
+        self.end_headers()
+        self.wfile.write(self.body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def answering(body: bytes) -> Iterator[str]:
+    """An HTTP server on loopback that answers every GET with `body`; yields its URL."""
+    handler = type("Handler", (_Answer,), {"body": body})
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as server:
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            yield f"http://127.0.0.1:{server.server_address[1]}"
+        finally:
+            server.shutdown()
+
+
+@contextlib.contextmanager
+def not_http() -> Iterator[str]:
+    """A loopback listener that answers one connection with a line that is not HTTP."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+
+        def answer() -> None:
+            conn, _ = listener.accept()
+            with conn:
+                conn.recv(65536)
+                conn.sendall(b"SSH-2.0-OpenSSH_9.2\r\n")
+
+        thread = threading.Thread(target=answer, daemon=True)
+        thread.start()
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+        thread.join()
+
+
+def _refused() -> str:
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+    return f"http://127.0.0.1:{port}"  # closed again: connections are refused
+
+
+NOT_HF = "not a Hugging Face-compatible answer"
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "message"),
+    [
+        (contextlib.nullcontext(_refused()), "Connection refused"),
+        (not_http(), "no HTTP answer (BadStatusLine"),
+        (answering(b"<html><body>Welcome to nginx!</body></html>"), NOT_HF),
+        (answering(b'["a", "list"]'), NOT_HF),
+        (answering(b'{"sha": "0123", "siblings": ["config.json"]}'), NOT_HF),
+        (
+            answering(
+                b'{"sha": "0123", "siblings": [{"rfilename": "w", "lfs": {"sha256": "'
+                + b"a" * 64
+                + b'", "size": "x"}}]}'
+            ),
+            NOT_HF,
+        ),
+        (contextlib.nullcontext("127.0.0.1:8080"), "unknown url type"),
+    ],
+    ids=["refused", "not-http", "html", "json-list", "siblings-not-objects", "lfs-size-not-a-number", "no-scheme"],
+)
+def test_the_lock_command_with_a_bad_endpoint_says_so_in_one_line(
+    run_cli: Any, endpoint: contextlib.AbstractContextManager[str], message: str
+) -> None:
+    with endpoint as url:
+        result = run_cli("weights", "lock", "--model", "org/m", "--endpoint", url)
+    assert result.code != 0
+    assert result.err.count("\n") == 1 and result.err.startswith("provision: error: "), result.err
+    assert f"{url}/api/models/org/m/revision/main" in result.err and message in result.err
+    assert result.out == ""
+
+
+def test_the_lock_command_with_an_unwritable_output_says_so_in_one_line(run_cli: Any, tmp_path: Path) -> None:
+    root = model_dir(tmp_path / "m")
+    (tmp_path / "a-file").write_text("")
+    out = tmp_path / "a-file" / "m.lock.yml"
+    result = run_cli("weights", "lock", str(root), "--model", "org/m", "-o", str(out))
+    assert result.code == 2
+    assert result.err == f"provision: error: -o: cannot write {out}: Not a directory\n"

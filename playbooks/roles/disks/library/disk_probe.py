@@ -2,10 +2,12 @@
 """Read-only probe of a host's block devices for the disks role: find each requested disk, look at what
 is on it, and decide whether it may be formatted, mounted as it is, or must be left alone.
 
-gather_host() and inspect() read the host (sysfs, /proc, /etc/fstab, blkid -p, wipefs, a read of the first
-and last MiB, an O_EXCL open); everything after that (resolving names, the verdict, auto mount points, the
-messages) is pure functions over plain data, unit-tested in tests/unit/test_disk_probe.py. Nothing here
-writes to a device or a file. Standard library and AnsibleModule only: it runs on the target.
+gather_host() and inspect() read the host (sysfs, /proc, /etc/fstab, blkid -p, wipefs, an O_EXCL open and a
+scan for non-zero data spread over the whole device, planned by plan_scan()); everything after that (resolving
+names, the verdict, auto mount points, the messages) is pure functions over plain data, unit-tested in
+tests/unit/test_disk_probe.py. Nothing here writes to a device or a file, except with `format`: then it
+probes the disks it is given again, refuses if anything about them changed since the plan, and only then
+wipes (where the plan says so) and runs mkfs. Standard library and AnsibleModule only: it runs on the target.
 """
 
 # Ansible modules put DOCUMENTATION and RETURN before the imports (ansible-doc reads them), hence E402.
@@ -22,7 +24,8 @@ description:
   - Inspects it with C(blkid -p), C(wipefs --json), /sys/class/block, /proc/self/mountinfo, /proc/swaps and
     /etc/fstab, and decides: C(blank), C(filesystem), C(mounted) or C(refuse) with a one-line reason.
   - With I(auto), also takes every other disk that is provably blank and gives it a mount point.
-  - Never writes anything; supports check mode.
+  - Before calling a disk blank, reads it at spread-out places (see plan_scan() and the role's README).
+  - Writes nothing, unless I(format) is given; supports check mode.
 options:
   devices:
     description: The disks_devices entries (device, cloud_name or serial; mount and the other settings).
@@ -59,6 +62,14 @@ options:
     description: Value of x-systemd.device-timeout= in the mount options.
     type: str
     default: 30s
+  format:
+    description:
+      - Disks to format, as an earlier run of this module planned them (its C(disks) entries with C(format)).
+      - Each is probed again first; if any is not the same disk with the same contents, nothing is written.
+      - Then each is wiped (where the plan says C(wipe)) and gets its filesystem. The other options are ignored.
+    type: list
+    elements: dict
+    default: []
 author: provision
 """
 
@@ -80,10 +91,15 @@ msg:
 """
 
 import errno
+import fcntl
 import json
+import mmap
 import os
 import re
+import threading
+import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from ansible.module_utils.basic import AnsibleModule
@@ -95,6 +111,18 @@ SYSTEM_MOUNTS = ("/", "/boot", "/boot/efi", "/usr")
 # Kernel devices that are never data disks (auto mode does not even look at them).
 NOT_DISKS = re.compile(r"^(loop|ram|zram|sr|fd|md|dm-|nbd|mtdblock)")
 MIB = 1 << 20
+GIB = 1 << 30
+# The scan for data (plan_scan): it reads SCAN_BLOCK bytes at every multiple of the stride, which is
+# SCAN_MIN_STRIDE or, on disks larger than SCAN_MIN_STRIDE * SCAN_MAX_STRIDED, the smallest power of two that
+# keeps the strided reads at SCAN_MAX_STRIDED; plus the first and last SCAN_EDGE bytes whole.
+SCAN_BLOCK = 4096
+SCAN_EDGE = 4 * MIB
+SCAN_MIN_STRIDE = 16 * MIB
+SCAN_MAX_STRIDED = 2048
+SCAN_THREADS = 8  # reads in flight: a cloud disk answers one read in 0.2-1 ms, and has IOPS to spare
+# Where a filesystem may start on a disk whose partition table was wiped: the disk's start, and 1 MiB (where
+# parted, fdisk, sgdisk and the cloud images put the first partition).
+FS_STARTS = (0, MIB)
 # Settings of a disks_devices entry that leaves them out (the role's argument specs document the same).
 ENTRY_DEFAULTS = {
     "fstype": "ext4",
@@ -147,7 +175,8 @@ class Device:
     signatures: list[str] = field(default_factory=list)  # wipefs: "dos at 0x1fe"
     partition_types: dict[str, str] = field(default_factory=dict)  # vdb1 -> ext4 ("" = none found)
     busy: bool = False  # an O_EXCL open failed with EBUSY: the kernel or a program holds it
-    data: bool = False  # no signature, but the first or last MiB is not all zeros
+    data_at: int | None = None  # no signature, but the scan found a non-zero byte here (the lowest it read)
+    scan: dict[str, float] = field(default_factory=dict)  # the scan's stride, reads, bytes and seconds
 
     @property
     def path(self) -> str:
@@ -181,6 +210,14 @@ class Host:
     fstab: list[FstabEntry]
     paths: dict[str, str] = field(default_factory=dict)  # a requested device path -> kernel name ("" = none)
     dir_has_files: dict[str, bool] = field(default_factory=dict)  # mount point -> it is a non-empty directory
+
+
+@dataclass(frozen=True)
+class ScanPlan:
+    """Where the scan for data reads a device: `reads` are (offset, length), sorted, 4 KiB aligned, apart."""
+
+    stride: int
+    reads: tuple[tuple[int, int], ...]
 
 
 @dataclass
@@ -259,6 +296,71 @@ def parse_vpd_serial(page: bytes) -> str:
 def natural_key(name: str) -> list[object]:
     """vdb < vdc < vdaa, nvme2n1 < nvme10n1."""
     return [(0, int(part)) if part.isdigit() else (1, part) for part in re.split(r"(\d+)", name) if part]
+
+
+# ---- planning the scan for data (pure) -------------------------------------------------------------------
+
+
+def scan_stride(size: int) -> int:
+    """The distance between the scan's strided reads on a device of `size` bytes: 16 MiB up to 32 GiB, then the
+    smallest power of two that keeps them at 2048 (64 MiB at 100 GiB, 1 GiB at 2 TiB)."""
+    stride = SCAN_MIN_STRIDE
+    while -(-size // stride) > SCAN_MAX_STRIDED:
+        stride *= 2
+    return stride
+
+
+def metadata_offsets(size: int) -> list[int]:
+    """Places where filesystems keep copies of their metadata, for a filesystem that starts at 0 or at 1 MiB.
+
+    ext4 (4 KiB blocks, 128 MiB block groups): the backup superblocks in groups 1 and the powers of 3, 5 and 7;
+    btrfs: the superblock mirrors at 64 KiB, 64 MiB and 256 GiB; XFS: the headers of allocation groups 1 to 3,
+    for an XFS that fills the device to its end (mkfs.xfs makes 4 groups below 4 TiB, groups of 1 TiB above).
+    LVM and MD labels and GPT headers lie in the first and last 4 MiB, which the scan reads whole anyway.
+    """
+    offsets = []
+    for start in FS_STARTS:
+        room = size - start
+        groups = room // (128 * MIB)
+        sparse = [1]
+        for base in (3, 5, 7):
+            sparse += [base**power for power in range(1, groups.bit_length()) if base**power < groups]
+        offsets += [start + group * 128 * MIB for group in sparse if group < groups]
+        offsets += [start + mirror for mirror in (64 << 10, 64 * MIB, 256 * GIB)]
+        blocks = room // 4096
+        if blocks >= 128 * MIB // 4096:
+            ag_blocks = -(-blocks // 4) if blocks < (4 << 40) // 4096 else ((1 << 40) - 1) // 4096
+            offsets += [start + n * ag_blocks * 4096 for n in range(1, 4)]
+    return sorted(offset for offset in set(offsets) if offset < size)
+
+
+def plan_scan(size: int) -> ScanPlan:
+    """The reads that decide whether a device of `size` bytes holds data: the first and last 4 MiB whole (in
+    1 MiB reads), and 4 KiB at every multiple of scan_stride(size) and at each of metadata_offsets(size).
+
+    What it finds for certain: any run of stride / 4 KiB consecutive 4 KiB blocks each holding a non-zero byte,
+    in particular any `stride` bytes in a row none of which is zero, anywhere on the device (such a run holds a
+    multiple of the stride); and anything non-zero in the first or last 4 MiB. The last read of a device whose
+    size is not a multiple of 4 KiB reaches past its end and comes back short.
+    """
+    stride = scan_stride(size)
+    tail = max(0, size - SCAN_EDGE) // SCAN_BLOCK * SCAN_BLOCK
+    end = -(-size // SCAN_BLOCK) * SCAN_BLOCK
+    dense = [(0, end)] if tail <= SCAN_EDGE else [(0, SCAN_EDGE), (tail, end)]
+    reads = [(offset, min(MIB, stop - offset)) for start, stop in dense for offset in range(start, stop, MIB)]
+    spots = set(range(0, size, stride)) | {offset // SCAN_BLOCK * SCAN_BLOCK for offset in metadata_offsets(size)}
+    reads += [(spot, SCAN_BLOCK) for spot in spots if not any(start <= spot < stop for start, stop in dense)]
+    return ScanPlan(stride, tuple(sorted(reads)))
+
+
+def first_nonzero(data: bytes) -> int:
+    """The index of the first byte that is not zero, or -1."""
+    rest = len(data.lstrip(b"\0"))
+    return len(data) - rest if rest else -1
+
+
+def offset_text(offset: int) -> str:
+    return f"{human_size(offset)} (byte {offset})"
 
 
 # ---- deciding (pure) -----------------------------------------------------------------------------------
@@ -381,7 +483,7 @@ def describe_contents(dev: Device) -> str:
         return f"a {fstype} signature ({dev.blkid.get('USAGE') or 'unknown use'})"
     if dev.signatures:
         return f"signatures {', '.join(dev.signatures)}"
-    return "unknown data (no known signature, but the first or last MiB is not all zeros)"
+    return f"non-zero data at offset {offset_text(dev.data_at or 0)}"
 
 
 def decide(dev: Device, host: Host, mount: str | None, system: list[str]) -> Decision:
@@ -422,7 +524,7 @@ def decide(dev: Device, host: Host, mount: str | None, system: list[str]) -> Dec
         verdict = "mounted" if mount is not None and any(m.mount == mount for m in mounted) else "filesystem"
         stale = sorted({path for path in here if path != mount})
         return Decision(verdict, fstype=fstype, uuid=dev.blkid.get("UUID", ""), stale_mounts=stale)
-    if dev.partitions or dev.blkid or dev.ambivalent or dev.signatures or dev.data:
+    if dev.partitions or dev.blkid or dev.ambivalent or dev.signatures or dev.data_at is not None:
         return refuse(describe_contents(dev), wipeable=True)
     if dev.ro:
         return refuse("is read-only")
@@ -437,14 +539,50 @@ def wipe_names(dev: Device, requested: str) -> set[str]:
     return names - {""}
 
 
+def is_kernel_name(name: str) -> bool:
+    """/dev/vdb, /dev/sdb, /dev/nvme1n1: names the kernel gives in the order it finds disks, which can change."""
+    return re.match(r"^/dev/[^/]+$", name) is not None
+
+
 def wipe_suggestion(dev: Device, requested: str) -> str:
-    """The most stable name of a disk for a disks_wipe hint: serial, a by-id link, the request, the path."""
+    """The most stable name of a disk for a disks_wipe hint: serial, a by-id link, the request, another link."""
     if dev.serial:
         return dev.serial
     by_id = sorted(link for link in dev.links if link.startswith("/dev/disk/by-id/"))
     if by_id:
         return by_id[0]
-    return requested if requested and not re.match(r"^/dev/[a-z]+[0-9a-z]*$", requested) else dev.path
+    if requested and not is_kernel_name(requested):
+        return requested
+    return min(dev.links, default="")
+
+
+def wipe_problems(wipe: list[str], host: Host, requested: list[tuple[str, str]]) -> list[str]:
+    """One line for each disks_wipe name that could wipe the wrong disk: a kernel name, or a name of several disks.
+
+    `requested` pairs the kernel name of each disks_devices entry's disk with what the entry asks for (a cloud
+    name counts as a name of its disk, as wipe_names() says).
+    """
+    names = {
+        dev.name: wipe_names(dev, "") | {value for name, value in requested if name == dev.name}
+        for dev in host.devices.values()
+        if not dev.partition
+    }
+    problems = []
+    for wanted in wipe:
+        matches = sorted((name for name, known in names.items() if wanted in known), key=natural_key)
+        if is_kernel_name(wanted):
+            stable = wipe_suggestion(host.devices[matches[0]], "") if len(matches) == 1 else ""
+            problems.append(
+                f'disks_wipe: "{wanted}" is a kernel name, which can be another disk after a reboot; name the disk '
+                f"by its serial or a /dev/disk/by-id link{f' (here: {stable})' if stable else ''}"
+            )
+        elif len(matches) > 1:
+            disks = ", ".join(f"/dev/{name}" for name in matches)
+            problems.append(
+                f'disks_wipe: "{wanted}" names {len(matches)} disks ({disks}); name one of them by its '
+                "/dev/disk/by-id or by-path link"
+            )
+    return problems
 
 
 def assign_auto_mounts(prefix: str, taken: set[str], existing: dict[str, str], new: list[str]) -> dict[str, str]:
@@ -560,11 +698,26 @@ def refusal(dev: Device | None, decision: Decision, requested: str, label: str) 
         who = dev.path if label in (dev.path, "auto") else f"{dev.path} ({label})"
     if not decision.wipeable:
         return f"disks: {who} {decision.reason}"
-    fix = f'to wipe it set disks_wipe: ["{wipe_suggestion(dev, requested)}"]'
+    stable = wipe_suggestion(dev, requested)
+    fix = f'to wipe it set disks_wipe: ["{stable}"]' if stable else "it has no stable name for disks_wipe"
     mountable = [p for p in dev.partitions if dev.partition_types.get(p) in MOUNTABLE]
     if mountable:  # after the disks_wipe hint: a long line is cut at its end
         fix += f" (or device: /dev/{mountable[0]} mounts that partition as it is)"
     return f"disks: {who} is not blank: {decision.reason}; {fix}"
+
+
+def changed_since(planned: dict, dev: Device | None, decision: Decision | None) -> str:
+    """Why a disk that a plan formats must not be formatted now ("" when it may): it must be the same disk
+    (serial and size) and the probe must find on it what it found when the plan was made."""
+    who = f"{planned['device']}{' (serial ' + planned['serial'] + ')' if planned['serial'] else ''}"
+    if dev is None or decision is None or (dev.serial, dev.size) != (planned["serial"], planned["size"]):
+        now = f"{human_size(dev.size)}, serial {dev.serial or 'none'}" if dev else "gone"
+        return f"disks: {who} is no longer the disk that was probed (now: {now})"
+    then = (planned["verdict"], planned["reason"], planned["wipeable"])
+    if (decision.verdict, decision.reason, decision.wipeable) != then:
+        was = planned["reason"] or planned["verdict"]
+        return f"disks: {who} changed since it was probed (was: {was}; now: {decision.reason or decision.verdict})"
+    return ""
 
 
 def _summary(result: dict, dev: Device | None, host: Host, decision: Decision, label: str, wanted_fstype: str) -> str:
@@ -604,7 +757,8 @@ def _found(dev: Device, host: Host) -> dict:
         "mounts": [m.mount for m in host.mounts if m.device in own_names(dev)],
         "swap": any(name in host.swaps for name in own_names(dev)),
         "busy": dev.busy,
-        "data": dev.data,
+        "data_at": dev.data_at,
+        "scan": dev.scan,
         "ro": dev.ro,
         "fstab": fstab_mounts(dev, host),
     }
@@ -621,10 +775,16 @@ def probe(params: dict, host: Host, inspect_device: Inspect) -> dict:
     results: list[dict] = []
     claimed: dict[str, str] = {}  # kernel name -> label of the entry that named it
 
+    targets = []  # (entry, what it asks for, its label, the kernel name it resolves to, why none)
     for entry in params["devices"]:
-        config = {**defaults, **{k: v for k, v in entry.items() if v is not None}}
         kind, value, label = requested_label(entry, cloud)
-        name, why = resolve(kind, value, cloud, host) if kind else ("", "names no disk")
+        targets.append((entry, value, label, *(resolve(kind, value, cloud, host) if kind else ("", "names no disk"))))
+    problems = wipe_problems(params["wipe"], host, [(name, value) for _, value, _, name, _ in targets if name])
+    if problems:
+        return {"changed": False, "failed": True, "msg": "; ".join(problems), "disks": [], "ignored": []}
+
+    for entry, value, label, name, why in targets:
+        config = {**defaults, **{k: v for k, v in entry.items() if v is not None}}
         dev = host.devices.get(name) if name else None
         if dev is None:
             decision = Decision("refuse", f"matches no disk: {why}; {disks_here(host)}")
@@ -777,7 +937,7 @@ def gather_host(requested_paths: list[str], mount_points: list[str], sys_block: 
 
 
 def inspect(module: AnsibleModule, dev: Device) -> None:
-    """Fill in what is on the device: blkid -p, wipefs, partitions, busy, and a look for data. Reads only."""
+    """Fill in what is on the device: blkid -p, wipefs, partitions, busy, and the scan for data. Reads only."""
     rc, out, err = module.run_command(["blkid", "-p", "-o", "export", dev.path])
     if rc == 8:
         dev.ambivalent = True
@@ -800,19 +960,100 @@ def inspect(module: AnsibleModule, dev: Device) -> None:
     else:
         try:
             if not (dev.blkid or dev.signatures or dev.partitions or dev.ambivalent):
-                dev.data = _has_data(fd, dev.size)
+                plan = plan_scan(dev.size)
+                started = time.monotonic()
+                dev.data_at, read = scan_for_data(fd, plan)
+                dev.scan = {
+                    "stride": plan.stride,
+                    "reads": len(plan.reads),
+                    "bytes": read,
+                    "seconds": round(time.monotonic() - started, 4),
+                }
+        except OSError as exc:
+            module.fail_json(msg=f"reading {dev.path}: {exc}")
         finally:
             os.close(fd)
 
 
-def _has_data(fd: int, size: int) -> bool:
-    """Whether the first or last MiB of the device holds anything but zeros."""
-    for offset in sorted({0, max(0, size - MIB)}):
-        os.lseek(fd, offset, os.SEEK_SET)
-        chunk = os.read(fd, MIB)
-        if chunk.strip(b"\0"):
-            return True
-    return False
+def scan_for_data(fd: int, plan: ScanPlan) -> tuple[int | None, int]:
+    """(offset of the lowest non-zero byte the plan's reads find or None, bytes read). Reads only.
+
+    Direct I/O where the device allows it (no read-ahead: a 4 KiB read costs 4 KiB), else read-ahead off.
+    SCAN_THREADS threads each take a contiguous share of the reads, in order, and stop at reads above the
+    lowest offset found so far: the answer is the lowest over all reads, whichever thread gets there first.
+    """
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_DIRECT)
+    except OSError:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
+    lowest: list[int] = []
+    total = [0]
+    lock = threading.Lock()
+
+    def work(share: tuple[tuple[int, int], ...]) -> None:
+        buffer = mmap.mmap(-1, max(length for _, length in share))  # page-aligned, as O_DIRECT needs
+        read = 0
+        try:
+            with memoryview(buffer) as view:
+                for offset, length in share:
+                    if lowest and offset > lowest[0]:
+                        break
+                    count = os.preadv(fd, [view[:length]], offset)
+                    read += count
+                    at = first_nonzero(buffer[:count])
+                    if at >= 0:
+                        with lock:
+                            lowest[:] = [min([offset + at, *lowest])]
+                        break
+        finally:
+            buffer.close()
+            with lock:
+                total[0] += read
+
+    size = -(-len(plan.reads) // SCAN_THREADS)
+    shares = [plan.reads[i : i + size] for i in range(0, len(plan.reads), size)]
+    with ThreadPoolExecutor(max_workers=len(shares) or 1) as pool:
+        for future in [pool.submit(work, share) for share in shares]:
+            future.result()
+    return (lowest[0] if lowest else None), total[0]
+
+
+def reprobe(module: AnsibleModule, planned: dict) -> str:
+    """Probe a disk that a plan formats once more, as the plan was made: why it must not be formatted, or ""."""
+    host = gather_host([], [])
+    dev = host.devices.get(planned["name"])
+    if dev is None:
+        return changed_since(planned, None, None)
+    inspect(module, dev)
+    system = system_disks(host).get(dev.parent or dev.name, [])
+    return changed_since(planned, dev, decide(dev, host, planned["mount"], system))
+
+
+def format_disks(module: AnsibleModule, planned: list[dict]) -> None:
+    """Wipe (where planned) and make the filesystem on each planned disk, after probing each once more.
+
+    All are probed first, so a changed disk stops the host before anything is written; each disk after the
+    first is probed again right before its own mkfs, since the mkfs before it took a while. mkfs runs without
+    its force flag, answering "n" to any question: it refuses a device that holds a signature, as we do.
+    """
+    problems = [why for why in (reprobe(module, disk) for disk in planned) if why]
+    if problems:
+        module.fail_json(msg="; ".join(problems) + "; nothing was written")
+    done: list[str] = []
+    for disk in planned:
+        if module.check_mode:
+            done.append(disk["device"])
+            continue
+        why = reprobe(module, disk) if done else ""
+        if why:
+            module.fail_json(msg=f"{why}; not formatting it (formatted before it: {', '.join(done)})", changed=True)
+        if disk["wipe"]:
+            partitions = [f"/dev/{name}" for name in disk["found"].get("partitions", {})]
+            module.run_command(["wipefs", "--all", *partitions, disk["device"]], check_rc=True)
+        label = ["-L", disk["label"]] if disk["label"] else []
+        module.run_command([f"mkfs.{disk['fstype']}", "-q", *label, disk["device"]], data="n", check_rc=True)
+        done.append(disk["device"])
+    module.exit_json(changed=bool(done), formatted=done, msg=f"created filesystems on {', '.join(done)}")
 
 
 def main() -> None:
@@ -826,10 +1067,13 @@ def main() -> None:
             "auto_fstype": {"type": "str", "default": "ext4"},
             "wipe": {"type": "list", "elements": "str", "default": []},
             "device_timeout": {"type": "str", "default": "30s"},
+            "format": {"type": "list", "elements": "dict", "default": []},
         },
         supports_check_mode=True,
     )
     params = module.params
+    if params["format"]:
+        format_disks(module, params["format"])
     requested = [str(entry.get("device")) for entry in params["devices"] if entry.get("device")]
     mount_points = [str(entry.get("mount")) for entry in params["devices"] if entry.get("mount")]
     host = gather_host(requested, mount_points)
@@ -840,7 +1084,10 @@ def main() -> None:
             inspected.add(dev.name)
             inspect(module, dev)
 
-    module.exit_json(**probe(params, host, inspect_once))
+    result = probe(params, host, inspect_once)
+    if result.get("failed"):
+        module.fail_json(msg=result["msg"])
+    module.exit_json(**result)
 
 
 if __name__ == "__main__":
