@@ -420,11 +420,18 @@ def test_a_daemon_json_that_dockerd_refuses_is_put_back(lab: Lab, tls_gateway: G
 
 
 def test_the_modern_profile_passes_sslyze_sends_hsts_and_streams(lab: Lab, tls_gateway: Gateway) -> None:
-    host = tls_gateway.host
-    modern = tls_gateway.with_host_vars(
-        {"nginx_tls_profile": "modern", "nginx_hsts_max_age": 63072000}, "--tags", "nginx"
+    inventory, host = tls_gateway.inventory, tls_gateway.host
+    host_vars = inventory / "host_vars" / f"{host}.yml"
+    host_vars.write_text(
+        yaml.safe_dump(tls_gateway.settings | {"nginx_tls_profile": "modern", "nginx_hsts_max_age": 63072000})
     )
+    try:
+        modern = lab.provision("up", "-i", str(inventory), "--limit", host, "--tags", "nginx")
+        checked = lab.provision("test", "-i", str(inventory), "--limit", host, "-k", "gateway")
+    finally:
+        host_vars.write_text(yaml.safe_dump(tls_gateway.settings))
     assert modern.returncode == 0, modern.stdout + modern.stderr
+    assert checked.returncode == 0, checked.stdout + checked.stderr
     with forwarded_tls_port(lab, host) as port:
         assert mozilla_issues(port, tls_gateway.ca, "modern") == {}
         connection = http.client.HTTPSConnection(
@@ -436,3 +443,9 @@ def test_the_modern_profile_passes_sslyze_sends_hsts_and_streams(lab: Lab, tls_g
     assert reply.status == 401 and reply.getheader("Strict-Transport-Security") == "max-age=63072000", reply.headers
     streamed = client(lab, host, "stream", tls_gateway.authorized, "--tokens", "24")
     assert streamed["status"] == 200 and streamed["done"] and streamed["separate_arrivals"] >= 20, streamed
+    # The inventory says intermediate again, the host still runs modern: provision test names the drift.
+    drifted = lab.provision("test", "-i", str(inventory), "--limit", host, "-k", "gateway")
+    assert drifted.returncode == 1, drifted.stdout + drifted.stderr
+    assert (
+        "nginx sets ssl_protocols TLSv1.3, expected TLSv1.2 TLSv1.3 (nginx_tls_profile intermediate" in drifted.stdout
+    )

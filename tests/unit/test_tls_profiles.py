@@ -9,6 +9,7 @@ import sslyze.mozilla_tls_profile
 
 from provision import argcheck, paths, render
 from provision.inventory import Inventory
+from provision.smoke import serving_checks
 
 # Mozilla's own guidelines as data (https://ssl-config.mozilla.org/guidelines/5.7.json), the file sslyze ships
 # and checks servers against.
@@ -47,3 +48,32 @@ def test_stapling_only_when_the_certificate_names_a_responder() -> None:
 def test_no_tls_settings_without_tls() -> None:
     plain = nginx_conf(nginx_tls_profile="modern", nginx_hsts_max_age=63072000)
     assert "ssl_" not in plain and "Strict-Transport-Security" not in plain
+
+
+# ---- provision test: the live config's TLS lines are the profile's ---------------------------------------------
+
+GOLDEN = Path(__file__).parents[1] / "golden" / "render"
+
+
+@pytest.mark.parametrize(
+    ("case", "profile"), [("gateway-tls-auth-replicas", "intermediate"), ("gateway-tls-modern-hsts", "modern")]
+)
+def test_the_rendered_config_has_no_drift(case: str, profile: str) -> None:
+    config = (GOLDEN / case / "expected" / "nginx.conf").read_text()
+    assert serving_checks.tls_profile_drift(config, PROFILES[profile], profile) == []
+
+
+def test_a_hand_edit_or_a_missing_line_is_named() -> None:
+    config = (GOLDEN / "gateway-tls-auth-replicas" / "expected" / "nginx.conf").read_text()
+    edited = config.replace("ssl_protocols TLSv1.2 TLSv1.3;", "ssl_protocols TLSv1 TLSv1.2  TLSv1.3;")
+    edited = edited.replace("        ssl_ecdh_curve X25519:prime256v1:secp384r1;\n", "")
+    edited += "    # conf.d\n    ssl_ciphers HIGH:!aNULL; # an admin's own\n"
+    where = "(nginx_tls_profile intermediate; provision up restores it)"
+    assert serving_checks.tls_profile_drift(edited, PROFILES["intermediate"], "intermediate") == [
+        f"nginx sets ssl_protocols TLSv1 TLSv1.2 TLSv1.3, expected TLSv1.2 TLSv1.3 {where}",
+        f"nginx sets ssl_ciphers HIGH:!aNULL, expected {':'.join(PROFILES['intermediate']['ciphers'])} {where}",
+        f"nginx sets no ssl_ecdh_curve, expected X25519:prime256v1:secp384r1 {where}",
+    ]
+    # The intermediate config is drift for a host meant to be modern (TLS 1.2 still on).
+    (drift,) = serving_checks.tls_profile_drift(config, PROFILES["modern"], "modern")
+    assert drift.startswith("nginx sets ssl_protocols TLSv1.2 TLSv1.3, expected TLSv1.3 ")
