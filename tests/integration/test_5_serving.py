@@ -372,7 +372,8 @@ def test_tls_and_basic_auth_on_the_gateway(lab: Lab, tls_gateway: Gateway) -> No
         assert mozilla_issues(port, gateway.ca, "intermediate") == {}
     # The certificate names an OCSP responder: stapling is on, with the host's DNS server (resolv.conf) to find it.
     live = lab.sh(host, "sudo nginx -T 2>/dev/null")
-    assert "ssl_stapling on;" in live and "ssl_stapling_verify on;" in live and "resolver 10.0.2.3;" in live, live
+    resolver = "resolver " + " ".join(lab.sh(host, "awk '$1 == \"nameserver\" {print $2}' /etc/resolv.conf").split())
+    assert "ssl_stapling on;" in live and "ssl_stapling_verify on;" in live and f"{resolver};" in live, live
     assert "Strict-Transport-Security" not in live  # nginx_hsts_max_age 0: none
 
 
