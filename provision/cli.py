@@ -413,6 +413,44 @@ def weights_verify(inventory_path: Path, limit: str | None, deep: bool, strategy
     return code
 
 
+# ---- doctor -----------------------------------------------------------------------------------------
+
+
+@cli.command()
+@inventory_option
+@click.option("--limit", help="Only these hosts or groups (Ansible pattern).")
+@click.option("--json", "as_json", is_flag=True, help="Print every reading and verdict as JSON instead of the table.")
+@click.option(
+    "-e",
+    "--extra-vars",
+    "extra_vars",
+    multiple=True,
+    metavar="KEY=VALUE|@FILE",
+    help="Set a variable as for `provision up` (e.g. inference_gpus=true); repeatable.",
+)
+@strategy_option
+def doctor(
+    inventory_path: Path, limit: str | None, as_json: bool, extra_vars: tuple[str, ...], strategy: str
+) -> ExitCode:
+    """Say, changing nothing, whether each host can serve (GPUs, driver, CUDA, runtime, disks), and if not why."""
+    import json
+
+    from provision import doctor as checkup
+
+    found = checkup.examine(inventory_path, limit, parse_extra_vars(extra_vars), strategy, note=_log)
+    if as_json:
+        click.echo(json.dumps([report.as_json() for report in found.reports], indent=2, sort_keys=True))
+    else:
+        for line in checkup.table(found.reports):
+            click.echo(line)
+    for report in found.reports:
+        for reason in report.verdict.blocks:
+            _log(f"provision: {report.host}: cannot serve: {reason}")
+        if report.problem:
+            _log(f"provision: {report.host}: {report.problem}")
+    return found.code
+
+
 # ---- bootstrap --------------------------------------------------------------------------------------
 
 
