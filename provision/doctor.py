@@ -410,7 +410,8 @@ def examine(
     for host in hosts:
         got = readings.get(host)
         verdict = decide(wanted[host], got) if got is not None else Verdict()
-        problem = problems.get(host, "" if got is not None else "not read (the run ended before it)")
+        ended = f"not read: ansible-playbook ended with status {result.status} (rc={result.rc})"
+        problem = problems.get(host, "" if got is not None else ended)
         reports.append(HostReport(host, wanted[host], got, problem, verdict))
     code = runner.outcome(result)
     if code in (ExitCode.OK, ExitCode.UNREACHABLE, ExitCode.FAILED) and any(r.verdict.blocks for r in reports):
