@@ -55,6 +55,16 @@ inventory_option = click.option(
 )
 
 
+extra_vars_option = click.option(
+    "-e",
+    "--extra-vars",
+    "extra_vars",
+    multiple=True,
+    metavar="KEY=VALUE|@FILE",
+    help="Set a variable, or load a YAML file of them (repeatable). Never a secret.",
+)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="provision")
 @click.option("--debug", is_flag=True, help="Show the traceback behind an error.")
@@ -72,14 +82,7 @@ def cli(debug: bool) -> None:
 @click.option("--skip-tags", multiple=True, help="Skip tasks with these tags (repeatable, comma-separated).")
 @click.option("--check", is_flag=True, help="Dry run: report what would change.")
 @click.option("--diff", is_flag=True, help="Show the changes made to files.")
-@click.option(
-    "-e",
-    "--extra-vars",
-    "extra_vars",
-    multiple=True,
-    metavar="KEY=VALUE|@FILE",
-    help="Set a variable, or load a YAML file of them (repeatable). Never a secret.",
-)
+@extra_vars_option
 @click.option("--keep-artifacts", is_flag=True, help="Keep ansible-runner's private data dir; print its path.")
 @click.option("-v", "--verbose", count=True, help="Show ansible-playbook's own output (-vv, -vvv: more).")
 @strategy_option
@@ -420,14 +423,7 @@ def weights_verify(inventory_path: Path, limit: str | None, deep: bool, strategy
 @inventory_option
 @click.option("--limit", help="Only these hosts or groups (Ansible pattern).")
 @click.option("--json", "as_json", is_flag=True, help="Print every reading and verdict as JSON instead of the table.")
-@click.option(
-    "-e",
-    "--extra-vars",
-    "extra_vars",
-    multiple=True,
-    metavar="KEY=VALUE|@FILE",
-    help="Set a variable as for `provision up` (e.g. inference_gpus=true); repeatable.",
-)
+@extra_vars_option
 @strategy_option
 def doctor(
     inventory_path: Path, limit: str | None, as_json: bool, extra_vars: tuple[str, ...], strategy: str

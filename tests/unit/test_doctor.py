@@ -2,7 +2,6 @@
 
 import copy
 import json
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -214,13 +213,11 @@ def test_table_fits_100_columns_and_names_each_reason() -> None:
 
 
 @pytest.fixture
-def doctor_inventory(write: Callable[[str, str], Path]) -> Path:
-    """One local host (no sudo needed) in the inference group."""
-    return write(
-        "inventory/hosts.yml",
-        "all:\n  children:\n    inference:\n      hosts:\n        local1:\n          ansible_connection: local\n"
-        f"          ansible_python_interpreter: {sys.executable}\n          ansible_become: false\n",
-    )
+def doctor_inventory(local_inventory: Path, write: Callable[[str, str], Path]) -> Path:
+    """The local host (no sudo needed: become is off) in the inference group."""
+    write("inventory/serving.yml", "all:\n  children:\n    inference:\n      hosts:\n        local1:\n")
+    write("inventory/group_vars/all.yml", "ansible_become: false\n")
+    return local_inventory.parent
 
 
 def test_doctor_json_holds_readings_and_verdicts(run_cli: Callable[..., CliResult], doctor_inventory: Path) -> None:
