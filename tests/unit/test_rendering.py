@@ -82,6 +82,11 @@ def test_undefined_variable_in_a_variable_names_both() -> None:
         unit(inference_env_file="/etc/{{ nope }}")
 
 
+def test_a_variable_that_is_only_an_undefined_name_names_both() -> None:
+    with pytest.raises(UsageError, match=r"variable inference_image: 'nope' is undefined"):
+        render.HostVars(inventory(inference_image="{{ nope }}"), "h1")["inference_image"]
+
+
 def test_self_reference_is_reported() -> None:
     with pytest.raises(UsageError, match="inference_name refers to itself"):
         unit(inference_name="{{ inference_name }}-x")
