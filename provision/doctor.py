@@ -354,10 +354,18 @@ def intents(inventory: Any, hosts: list[str], extravars: Mapping[str, Any]) -> d
         found[host] = Intent(
             serves=serves,
             gpus=gpu_setting(host, variables["inference_gpus"]),
-            image=str(variables["inference_image"]) if serves else "",
-            model_dir=str(variables["weights_root"]),
+            image=_offline(variables, "inference_image") if serves else "",
+            model_dir=_offline(variables, "weights_root"),
         )
     return found
+
+
+def _offline(variables: Mapping[str, Any], name: str) -> str:
+    """A path or name as the controller can resolve it; "" (not checked) when it needs what only a run has."""
+    try:
+        return str(variables[name])
+    except UsageError:
+        return ""
 
 
 @dataclass(frozen=True)

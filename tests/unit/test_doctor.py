@@ -243,3 +243,13 @@ def test_doctor_rejects_a_bad_gpu_setting_before_contacting(
     result = run_cli("doctor", "-i", str(doctor_inventory), "-e", "inference_gpus=maybe")
     assert result.code == 2
     assert result.err.strip() == "provision: error: local1: inference_gpus: 'maybe' is not one of 'auto', true, false"
+
+
+def test_an_image_only_a_run_can_resolve_is_left_unchecked(
+    run_cli: Callable[..., CliResult], doctor_inventory: Path
+) -> None:
+    result = run_cli(
+        "doctor", "-i", str(doctor_inventory), "--json", "-e", "inference_image={{ a_fact_only_a_run_has }}"
+    )
+    (report,) = json.loads(result.out)
+    assert report["intent"]["image"] == "" and report["readings"]["image"] == {"name": "", "present": False}
