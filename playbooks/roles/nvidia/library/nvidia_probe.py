@@ -33,6 +33,10 @@ options:
     description: Plan an install on a host with no NVIDIA device.
     type: bool
     default: false
+  kernel:
+    description: The kernel whose installed nvidia module modinfo reads; "" for the running one.
+    type: str
+    default: ""
   nvidia_smi_paths:
     description: Where to look for nvidia-smi besides PATH (a driver mounted outside the package manager).
     type: list
@@ -104,6 +108,8 @@ NVIDIA_VENDOR = "0x10de"
 SWITCH_CLASS = "0x0680"  # bridge, other: how NVSwitch shows on the bus
 EFI_SECURE_BOOT = "/sys/firmware/efi/efivars/SecureBoot-8be4df61-93ca-11d2-aa0d-00e098032b8c"
 MISMATCH = "Driver/library version mismatch"
+# The module's file names: NVIDIA's, and Debian's (which renames the file, not the module: it loads as nvidia).
+MODULE_FILES = ("nvidia", "nvidia-current")
 
 
 @dataclass(frozen=True)
@@ -334,7 +340,7 @@ def installed_packages(names: list[str]) -> dict[str, str]:
     return {}
 
 
-def gather(smi_paths: list[str], marker: str, packages: list[str]) -> Host:
+def gather(smi_paths: list[str], marker: str, packages: list[str], kernel: str = "") -> Host:
     modules = parse_modules(_read("/proc/modules"))
     smi = shutil.which("nvidia-smi") or next((p for p in smi_paths if os.access(p, os.X_OK)), "")
     smi_version, smi_gpus, mismatch = "", (), False
@@ -343,11 +349,16 @@ def gather(smi_paths: list[str], marker: str, packages: list[str]) -> Host:
             *_run([smi, "--query-gpu=driver_version,name", "--format=csv,noheader"])
         )
     modinfo = shutil.which("modinfo") or "/sbin/modinfo"
-    rc, out = _run([modinfo, "-F", "version", "nvidia"])
+    installed = ""
+    for name in MODULE_FILES:
+        rc, out = _run([modinfo, *(["-k", kernel] if kernel else []), "-F", "version", name])
+        if rc == 0 and out.strip():
+            installed = out.strip()
+            break
     driver = Driver(
         kernel_version=parse_proc_version(_read("/proc/driver/nvidia/version")),
         module_loaded="nvidia" in modules,
-        installed_module_version=out.strip() if rc == 0 else "",
+        installed_module_version=installed,
         smi=smi,
         smi_version=smi_version,
         smi_gpus=smi_gpus,
@@ -371,6 +382,7 @@ def main() -> None:
         argument_spec={
             "packages": {"type": "list", "elements": "str", "default": []},
             "install_without_gpu": {"type": "bool", "default": False},
+            "kernel": {"type": "str", "default": ""},
             "nvidia_smi_paths": {
                 "type": "list",
                 "elements": "str",
@@ -381,7 +393,7 @@ def main() -> None:
         supports_check_mode=True,
     )
     params = module.params
-    host = gather(params["nvidia_smi_paths"], params["reboot_marker"], params["packages"])
+    host = gather(params["nvidia_smi_paths"], params["reboot_marker"], params["packages"], params["kernel"])
     module.exit_json(changed=False, **result(host, params["install_without_gpu"]))
 
 
