@@ -93,11 +93,12 @@ def rebooted(host: NvidiaHost) -> tuple:
     host.sh("sudo modprobe nouveau && grep -q '^nouveau ' /proc/modules")
     first = host.up()
     second = host.up()
-    return boot_before, first, second
+    check = host.up("--check", "--diff")
+    return boot_before, first, second, check
 
 
 def test_the_role_reboots_once_for_nouveau_in_memory(host: NvidiaHost, rebooted: tuple) -> None:
-    boot_before, first, _ = rebooted
+    boot_before, first, _, _ = rebooted
     assert first.returncode == 0, first.stdout + first.stderr
     assert re.search(rf"changed\s+{host.name}\s+nvidia : Reboot \(nouveau is in memory\)", first.stdout), first.stdout
     assert host.sh("cat /proc/sys/kernel/random/boot_id").strip() != boot_before
@@ -108,10 +109,11 @@ def test_the_role_reboots_once_for_nouveau_in_memory(host: NvidiaHost, rebooted:
     assert host.sh("/sbin/modinfo -F version nvidia-current").strip() == PIN
 
 
-def test_the_second_run_changes_nothing(host: NvidiaHost, rebooted: tuple) -> None:
-    _, _, second = rebooted
+def test_the_second_run_and_check_mode_change_nothing(host: NvidiaHost, rebooted: tuple) -> None:
+    _, _, second, check = rebooted
     assert second.returncode == 0, second.stdout + second.stderr
     assert recap(second.stdout)[host.name]["changed"] == 0, second.stdout
+    assert check.returncode == 0 and recap(check.stdout)[host.name]["changed"] == 0, check.stdout
     assert "Reboot" not in "".join(line for line in second.stdout.splitlines() if line.startswith("  changed"))
 
 
