@@ -21,7 +21,8 @@ fi
 # Two lanes on one lab. Lane B holds the modules that work on VMs of their own flavors (lab3 and up); lane A
 # the rest, on the session lab (lab1, lab2). Each module mostly waits on one guest under TCG, so two lanes keep
 # both cores busy. The session lab is started here, while the unit tests run, and stopped after both lanes.
-LANE_B=(tests/integration/test_4_security.py tests/integration/test_4b_selinux.py tests/integration/test_5_serving.py)
+LANE_B=(tests/integration/test_4_security.py tests/integration/test_4b_selinux.py tests/integration/test_5_serving.py
+        tests/integration/test_5b_nvidia_toolkit.py tests/integration/test_6b_nvidia_driver.py)
 started=$(date +%s)
 shared=$(mktemp -d -t provision-suite.XXXXXX)
 export PROVISION_TEST_SHARED_LAB="$shared"
