@@ -264,7 +264,7 @@ def role_defaults(role: Path) -> dict[str, Any]:
 
 @cache
 def role_vars(role: Path) -> dict[str, Any]:
-    """A role's vars/main.yml (its internal __names)."""
+    """A role's vars/main.yml (its internal __names, such as the ssh role's algorithm table)."""
     return _vars_file(role / "vars/main.yml")
 
 

@@ -1,14 +1,17 @@
 """What the ssh, selinux and firewall roles promise, as functions that list problems (see checks.py)."""
 
+import re
 import shlex
 import subprocess
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 SSHD = "/usr/sbin/sshd"
 GETENFORCE = "/usr/sbin/getenforce"
 GETSEBOOL = "/usr/sbin/getsebool"
 PASSWORD_METHODS = ("password", "keyboard-interactive")
+# What the ssh role's sshd -T calls ask about: a root login from the host itself.
+SSHD_T = f"{SSHD} -T -C user=root,host=localhost,addr=127.0.0.1"
 
 # Where a check says it found nothing to check (and why), which is not the same as a pass.
 Note = Callable[[str], None]
@@ -28,6 +31,66 @@ def sshd_config_problems(host: Any) -> list[str]:
     with host.sudo():
         result = host.run(f"{SSHD} -t")
     return [] if result.rc == 0 else [f"sshd -t failed (rc={result.rc}): {result.stderr.strip()[:300]}"]
+
+
+def openssh_version(text: str) -> tuple[int, int] | None:
+    """(major, minor) from `sshd -V` (9.x) or the usage message older sshd prints instead."""
+    match = re.search(r"OpenSSH_(\d+)\.(\d+)", text)
+    return (int(match[1]), int(match[2])) if match else None
+
+
+def crypto_table() -> list[Mapping[str, Any]]:
+    """The ssh role's algorithm table (__ssh_crypto_lists in its vars/main.yml): the one the role writes from."""
+    from provision import argcheck, paths
+
+    return list(argcheck.role_vars(paths.ROLES / "ssh")["__ssh_crypto_lists"])
+
+
+def crypto_lists(table: Sequence[Mapping[str, Any]], profile: str, version: tuple[int, int]) -> dict[str, str]:
+    """{keyword: "a,b,c"}: each list's algorithms of `profile` that OpenSSH `version` has, in the table's order.
+
+    The role's __ssh_crypto, computed from the same table; tests/golden/ssh holds both for our OpenSSH versions.
+    """
+    return {
+        entry["keyword"]: ",".join(
+            algorithm["name"]
+            for algorithm in entry["algorithms"]
+            if profile in algorithm["profiles"] and _version(algorithm["since"]) <= version
+        )
+        for entry in table
+    }
+
+
+def _version(text: str) -> tuple[int, int]:
+    major, minor = text.split(".")
+    return int(major), int(minor)
+
+
+def algorithm_drift(effective: str, expected: Mapping[str, str]) -> list[str]:
+    """One problem per list that `sshd -T` output differs in from the expected {keyword: "a,b,c"}."""
+    lines = dict(line.split(" ", 1) for line in effective.splitlines() if " " in line)
+    return [
+        f"sshd offers {keyword} {lines.get(keyword.lower(), '(none)')}, expected {algorithms}"
+        for keyword, algorithms in expected.items()
+        if lines.get(keyword.lower()) != algorithms
+    ]
+
+
+def sshd_algorithm_problems(host: Any, profile: str) -> list[str]:
+    """The lists sshd runs with (sshd -T) are the ssh_crypto_profile's for the host's OpenSSH version."""
+    if profile == "none":
+        return []
+    probe = host.run(f"{SSHD} -V")
+    version = openssh_version(probe.stderr + probe.stdout)
+    if version is None:
+        return [f"cannot tell the OpenSSH version from {SSHD} -V: {(probe.stderr + probe.stdout).strip()[:200]}"]
+    with host.sudo():
+        result = host.run(SSHD_T)
+    if result.rc != 0:
+        return [f"sshd -T failed (rc={result.rc}): {result.stderr.strip()[:300]}"]
+    drift = algorithm_drift(result.stdout, crypto_lists(crypto_table(), profile, version))
+    where = f"ssh_crypto_profile {profile} for OpenSSH {version[0]}.{version[1]}; provision up restores it"
+    return [f"{problem} ({where})" for problem in drift]
 
 
 def password_login_problems(address: str, port: int, user: str) -> list[str]:

@@ -6,6 +6,7 @@ so the checks need nothing on the host but python3.
 
 import base64
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,11 @@ def gateway_problems(host: Any, variables: dict[str, Any]) -> list[str]:
         problems.append(f"nginx -t fails: {checked.stderr.strip()[:300]}")
     if not host.service("nginx").is_running:
         return [*problems, "nginx is not running"]
+    if variables.get("nginx_tls"):
+        profile = str(variables["nginx_tls_profile"])
+        with host.sudo():
+            config = host.run("nginx -T")
+        problems += tls_profile_drift(config.stdout, tls_profiles()[profile], profile)
     if variables.get("nginx_basic_auth_users"):
         return problems  # the checks below would need a password; they run on gateways without auth
     scheme, port = (
@@ -74,3 +80,37 @@ def gateway_problems(host: Any, variables: dict[str, Any]) -> list[str]:
         if echoed is None or echoed["status"] != 101:
             problems.append(f"a websocket upgrade through nginx was not answered with 101: {error or echoed}")
     return problems
+
+
+def tls_profiles() -> Mapping[str, Mapping[str, Any]]:
+    """The nginx role's Mozilla profiles (__nginx_tls_profiles in its vars/main.yml): the ones it writes from."""
+    from provision import argcheck, paths
+
+    return dict(argcheck.role_vars(paths.ROLES / "nginx")["__nginx_tls_profiles"])
+
+
+def tls_profile_drift(config: str, profile: Mapping[str, Any], name: str) -> list[str]:
+    """Where `nginx -T` output sets ssl_protocols, ssl_ciphers or ssl_ecdh_curve otherwise than `profile`.
+
+    Every occurrence counts (a conf.d file can set them too); a directive nowhere set falls back to nginx's
+    default (TLS 1.0 and 1.1 included), which is drift as well. The modern profile has no TLS 1.2 list to check.
+    """
+    expected = {"ssl_protocols": " ".join(profile["protocols"]), "ssl_ecdh_curve": ":".join(profile["curves"])}
+    if profile["ciphers"]:
+        expected["ssl_ciphers"] = ":".join(profile["ciphers"])
+    found: dict[str, list[str]] = {}
+    for line in config.splitlines():
+        words = line.split("#", 1)[0].strip().rstrip(";").split(None, 1)
+        if len(words) == 2 and words[0] in expected:
+            found.setdefault(words[0], []).append(" ".join(words[1].split()))
+    where = f"nginx_tls_profile {name}; provision up restores it"
+    return [
+        f"nginx sets {directive} {value}, expected {want} ({where})"
+        for directive, want in expected.items()
+        for value in found.get(directive, [])
+        if value != want
+    ] + [
+        f"nginx sets no {directive}, expected {want} ({where})"
+        for directive, want in expected.items()
+        if directive not in found
+    ]

@@ -11,6 +11,11 @@ def test_sshd_config_valid(host: Any) -> None:
     assert sec.sshd_config_problems(host) == []
 
 
+def test_sshd_algorithms_as_configured(host: Any, provision_vars: dict[str, Any]) -> None:
+    """Key exchange, host key, cipher and MAC lists: the ssh role's profile, not a hand edit or the distro's."""
+    assert sec.sshd_algorithm_problems(host, str(provision_vars["ssh_crypto_profile"])) == []
+
+
 def test_password_login_refused(host: Any, provision_vars: dict[str, Any]) -> None:
     if provision_vars.get("ssh_password_authentication"):
         pytest.skip("ssh_password_authentication is true: passwords are allowed on purpose")

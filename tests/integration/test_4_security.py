@@ -8,11 +8,13 @@ password, password logins allowed (in cloud-init's 50-cloud-init.conf), no key f
 
 from __future__ import annotations
 
+import json
 import re
 import secrets
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,7 +22,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from labtools import BASE_PORT, Lab, recap
+from labtools import BASE_PORT, ROOT, Lab, recap
+from ssh_audit import exitcodes
 
 from provision.bootstrap import password_login_offered
 from provision.lab.qemu import qmp
@@ -60,11 +63,11 @@ class Lab3:
         self.outputs.append(proc.stdout + proc.stderr)
         return proc
 
-    def admin_ssh(self, command: str) -> subprocess.CompletedProcess[str]:
-        """A fresh login as the admin with the bootstrap key, as the inventory entry says."""
+    def admin_ssh(self, command: str, *options: str) -> subprocess.CompletedProcess[str]:
+        """A fresh login as the admin with the bootstrap key, as the inventory entry says (plus ssh `options`)."""
         return subprocess.run(
             ["ssh", "-o", "ControlPath=none", "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-i", str(self.key),
-             "-o", f"UserKnownHostsFile={self.known_hosts}", "-o", "StrictHostKeyChecking=yes",
+             "-o", f"UserKnownHostsFile={self.known_hosts}", "-o", "StrictHostKeyChecking=yes", *options,
              "-p", str(self.port), f"{ADMIN}@127.0.0.1", command],
             capture_output=True, text=True, timeout=60, check=False,
         )  # fmt: skip
@@ -231,6 +234,109 @@ def test_up_hardens_ssh_and_opens_the_port_keeping_oci_rules(lab3: Lab3) -> None
         shutil.rmtree(artifacts, ignore_errors=True)
 
 
+DROPIN = "/etc/ssh/sshd_config.d/10-provision.conf"
+EFFECTIVE = "sudo sshd -T -C user=root,host=x,addr=10.0.2.2"
+CONFIG_AND_KEYS = "sudo sha256sum /etc/ssh/sshd_config /etc/ssh/sshd_config.d/* /etc/ssh/ssh_host_*"
+# A client of before 2014-2016 (JSch 0.1.5x, paramiko before 2.7): NIST-curve key exchange, CTR with an
+# encrypt-and-MAC SHA-2 MAC. The compatible profile lets it in, the strict one does not.
+OLD_CLIENT = ("-o", "KexAlgorithms=ecdh-sha2-nistp256", "-o", "Ciphers=aes128-ctr", "-o", "MACs=hmac-sha2-256")
+SHA1_CLIENT = ("-o", "KexAlgorithms=diffie-hellman-group14-sha1", "-o", "MACs=hmac-sha1")
+
+
+def sshd_lists(lab3: Lab3) -> list[str]:
+    """The four lists as sshd -T prints them, in name order (each list itself keeps sshd's order)."""
+    keywords = ("kexalgorithms ", "hostkeyalgorithms ", "ciphers ", "macs ")
+    return sorted(line for line in lab3.lab.sh(HOST, EFFECTIVE).splitlines() if line.startswith(keywords))
+
+
+def profile_lists(lab3: Lab3, profile: str) -> list[str]:
+    """The golden lists of `profile` for lab3's OpenSSH (Debian 12's 9.2)."""
+    version = re.search(r"OpenSSH_(\d+\.\d+)", lab3.lab.ssh(HOST, "/usr/sbin/sshd -V").stderr)[1]
+    return sorted((ROOT / "tests" / "golden" / "ssh" / f"{profile}-{version}.txt").read_text().splitlines())
+
+
+def audit_failures(port: int) -> tuple[list[str], dict[str, object]]:
+    """ssh-audit from the controller: every (fail) note it has for lab3, and its whole JSON report.
+
+    The connection-rate (DHEat) test is left out: under TCG it measures the emulator, not sshd's settings.
+    """
+    ssh_audit = Path(sys.executable).parent / "ssh-audit"
+    proc = subprocess.run(
+        [str(ssh_audit), "-j", "--skip-rate-test", "-t", "60", "-p", str(port), "127.0.0.1"],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    report = json.loads(proc.stdout)
+    failures = [
+        f"{section} {entry.get('algorithm')}: {note}"
+        for section in ("kex", "key", "enc", "mac")
+        for entry in report.get(section, [])
+        for note in entry.get("notes", {}).get("fail", [])
+    ]
+    failures += [f"{cve.get('name')}: {cve.get('description')}" for cve in report.get("cves", [])]
+    if proc.returncode not in (exitcodes.GOOD, exitcodes.WARNING):  # ssh-audit's codes: 2 is WARNING, 3 FAILURE
+        failures.append(f"ssh-audit exited {proc.returncode}: {proc.stderr.strip()}")
+    return failures, report
+
+
+def test_ssh_audit_passes_and_sshd_offers_the_profile(lab3: Lab3) -> None:
+    failures, report = audit_failures(lab3.port)
+    assert failures == [], json.dumps(report, indent=1)
+    assert sshd_lists(lab3) == profile_lists(lab3, "strict")
+    offered = {entry["algorithm"] for entry in report["key"]}
+    assert offered <= {"ssh-ed25519", "rsa-sha2-512", "rsa-sha2-256"}, offered
+    assert all(entry["keysize"] >= 3072 for entry in report["key"] if entry["algorithm"].startswith("rsa")), offered
+    for client in (OLD_CLIENT, SHA1_CLIENT):
+        refused = lab3.admin_ssh("true", *client)
+        assert refused.returncode == 255 and "no matching" in refused.stderr, refused.stderr
+
+
+def test_a_hand_edited_list_fails_provision_test_and_up_restores_it(lab3: Lab3) -> None:
+    lab3.lab.sh(HOST, f"sudo sed -i 's/^MACs .*/MACs hmac-sha2-256-etm@openssh.com,hmac-sha1/' {DROPIN}")
+    lab3.lab.sh(HOST, "sudo systemctl reload ssh")
+    smoke = lab3.lab.provision("test", "-i", str(lab3.inventory), "-k", "algorithms")
+    assert smoke.returncode == 1, smoke.stdout
+    assert "sshd offers MACs hmac-sha2-256-etm@openssh.com,hmac-sha1, expected hmac-sha2-512-etm" in smoke.stdout
+    restored = lab3.up(tags="ssh")
+    assert restored.returncode == 0 and recap(restored.stdout)[HOST]["changed"] > 0, restored.stdout
+    assert sshd_lists(lab3) == profile_lists(lab3, "strict")
+    smoke = lab3.lab.provision("test", "-i", str(lab3.inventory), "-k", "algorithms")
+    assert smoke.returncode == 0, smoke.stdout
+
+
+def test_compatible_profile_lets_an_old_client_in_and_a_small_rsa_key_is_replaced(lab3: Lab3) -> None:
+    # A 2048-bit RSA host key, as older images have: made anew at 3072 bits, and the lockout guard still passes
+    # (the controller's known_hosts pins lab3's ed25519 key, which the role never touches).
+    ed25519 = lab3.lab.sh(HOST, "sudo sha256sum /etc/ssh/ssh_host_ed25519_key")
+    lab3.lab.sh(HOST, "sudo sh -c 'rm /etc/ssh/ssh_host_rsa_key*; ssh-keygen -q -t rsa -b 2048 -N \"\" -f "
+                "/etc/ssh/ssh_host_rsa_key'")  # fmt: skip
+    compatible = lab3.up("-e", "ssh_crypto_profile=compatible", tags="ssh")
+    assert compatible.returncode == 0, compatible.stdout + compatible.stderr
+    assert sshd_lists(lab3) == profile_lists(lab3, "compatible")
+    assert lab3.lab.sh(HOST, "sudo ssh-keygen -l -f /etc/ssh/ssh_host_rsa_key").split()[0] == "3072"
+    assert lab3.lab.sh(HOST, "ls /etc/ssh | grep -c provision-old || true").strip() == "0"
+    assert lab3.lab.sh(HOST, "sudo sha256sum /etc/ssh/ssh_host_ed25519_key") == ed25519
+    assert lab3.admin_ssh("true", *OLD_CLIENT).returncode == 0
+    sha1 = lab3.admin_ssh("true", *SHA1_CLIENT)
+    assert sha1.returncode == 255 and "no matching" in sha1.stderr, sha1.stderr
+    strict = lab3.up(tags="ssh")
+    assert strict.returncode == 0 and recap(strict.stdout)[HOST]["changed"] > 0, strict.stdout
+    assert sshd_lists(lab3) == profile_lists(lab3, "strict")
+    assert lab3.admin_ssh("true", *OLD_CLIENT).returncode == 255
+
+
+def test_guard_restores_the_config_when_the_controller_cannot_use_the_key_exchange(lab3: Lab3) -> None:
+    before = lab3.lab.sh(HOST, "sudo sha256sum /etc/ssh/sshd_config /etc/ssh/sshd_config.d/*")
+    # sshd -t accepts it, but this controller's ssh client (OpenSSH 9.x) no longer offers SHA-1 key exchange.
+    settings = {"ssh_crypto_profile": "none", "ssh_settings": {"KexAlgorithms": "diffie-hellman-group14-sha1"}}
+    proc = lab3.up("-e", "@" + str(write_vars(lab3.work / "kex.yml", settings)), tags="ssh")
+    assert proc.returncode == 1
+    assert "Kept the previous sshd config: lockout guard: after reloading sshd with the new config" in proc.stdout
+    assert "no matching key exchange method found" in proc.stdout
+    assert lab3.lab.sh(HOST, "sudo sha256sum /etc/ssh/sshd_config /etc/ssh/sshd_config.d/*") == before
+    assert sshd_lists(lab3) == profile_lists(lab3, "strict")
+    assert lab3.admin_ssh("true").returncode == 0
+
+
 def test_firewall_rules_survive_a_reboot(lab3: Lab3) -> None:
     before = lab3.lab.sh(HOST, "sudo iptables -S")
     lab3.lab.provision("lab", "restart", HOST, check=True)
@@ -256,7 +362,10 @@ def test_broken_sshd_setting_is_refused_and_the_config_kept(lab3: Lab3) -> None:
 
 
 def test_lockout_after_reload_restores_the_old_config(lab3: Lab3) -> None:
-    before = lab3.lab.sh(HOST, "sudo sha256sum /etc/ssh/sshd_config /etc/ssh/sshd_config.d/*")
+    # A 2048-bit RSA host key too: the role replaces it, so the rescue must put this one back.
+    lab3.lab.sh(HOST, "sudo sh -c 'rm /etc/ssh/ssh_host_rsa_key*; ssh-keygen -q -t rsa -b 2048 -N \"\" -f "
+                "/etc/ssh/ssh_host_rsa_key'")  # fmt: skip
+    before = lab3.lab.sh(HOST, CONFIG_AND_KEYS)
     stranger = lab3.work / "stranger"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(stranger)], check=True)
     # A valid change, then a probe with a key the host does not know: what a lockout looks like from here.
@@ -264,7 +373,7 @@ def test_lockout_after_reload_restores_the_old_config(lab3: Lab3) -> None:
     proc = lab3.up("-e", "@" + str(write_vars(lab3.work / "lockout.yml", settings)), tags="ssh")
     assert proc.returncode == 1
     assert "Kept the previous sshd config: lockout guard: after reloading sshd with the new config" in proc.stdout
-    assert lab3.lab.sh(HOST, "sudo sha256sum /etc/ssh/sshd_config /etc/ssh/sshd_config.d/*") == before
+    assert lab3.lab.sh(HOST, CONFIG_AND_KEYS) == before
     assert "clientaliveinterval 0" in lab3.lab.sh(HOST, "sudo sshd -T -C user=root,host=x,addr=10.0.2.2")
     assert lab3.admin_ssh("true").returncode == 0
 

@@ -11,18 +11,31 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import http.client
 import json
 import secrets
 import shutil
+import socket
 import ssl
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import yaml
 from labtools import ROOT, Lab, recap
+from sslyze import ScanCommandsExtraArguments, Scanner, ServerNetworkLocation, ServerScanRequest
+from sslyze.mozilla_tls_profile.tls_config_checker import (
+    SCAN_COMMANDS_NEEDED_BY_MOZILLA_CHECKER,
+    MozillaTlsConfiguration,
+    ServerNotCompliantWithTlsConfiguration,
+    TlsConfigurationEnum,
+    check_server_against_tls_configuration,
+)
+from sslyze.plugins.certificate_info.implementation import CertificateInfoExtraArgument
 
 # The session's VMs idle while this module works on its own: paused, they leave it their CPU.
 pytestmark = pytest.mark.usefixtures("session_hosts_paused")
@@ -231,19 +244,91 @@ SERVED_CERTIFICATE = (
 )
 
 
-def certificate_pair(directory: Path, name: str) -> tuple[Path, Path]:
-    """A fresh self-signed certificate and its key, made for this run (nothing of the kind is committed)."""
-    certificate, key = directory / f"{name}.crt", directory / f"{name}.key"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-         "-days", "2", "-subj", f"/CN=provision-test-{name}", "-keyout", str(key), "-out", str(certificate)],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    return certificate, key
+def certificate_pair(directory: Path, name: str) -> tuple[Path, Path, Path]:
+    """A fresh certificate chain (leaf, then its CA) and key, and the CA alone, made for this run.
+
+    EC P-256 and ECDSA signatures, what both Mozilla profiles accept; valid 2 days (nothing of the kind is
+    committed). The leaf is for 127.0.0.1 (the address sslyze checks it against, through the forward) and names an
+    OCSP responder on the host's loopback, where nothing answers: the role must turn stapling on for it.
+    """
+    ca_key, ca, csr, leaf = (directory / f"{name}-ca.key", directory / f"{name}-ca.crt", directory / f"{name}.csr",
+                             directory / f"{name}-leaf.crt")  # fmt: skip
+    chain, key, extensions = directory / f"{name}.crt", directory / f"{name}.key", directory / f"{name}.ext"
+    ec = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
+    extensions.write_text(
+        "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\nkeyUsage=critical,digitalSignature\n"
+        "authorityKeyIdentifier=keyid\nauthorityInfoAccess=OCSP;URI:http://127.0.0.1:9/\n"
+    )
+    for argv in (
+        ["openssl", "req", "-x509", *ec, "-days", "2", "-subj", f"/CN=provision-test-{name}-ca", "-keyout", ca_key,
+         "-out", ca, "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign"],
+        ["openssl", "req", "-new", *ec, "-subj", f"/CN=provision-test-{name}", "-keyout", key, "-out", csr],
+        ["openssl", "x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial", "-days", "2",
+         "-extfile", extensions, "-out", leaf],
+    ):  # fmt: skip
+        subprocess.run([str(arg) for arg in argv], check=True, capture_output=True)
+    chain.write_text(leaf.read_text() + ca.read_text())
+    return chain, key, ca
 
 
 def fingerprint(certificate: Path) -> str:
-    return hashlib.sha256(ssl.PEM_cert_to_DER_cert(certificate.read_text())).hexdigest()
+    """The sha256 of the first certificate (the leaf) of a PEM file."""
+    leaf = certificate.read_text().split("-----END CERTIFICATE-----")[0] + "-----END CERTIFICATE-----\n"
+    return hashlib.sha256(ssl.PEM_cert_to_DER_cert(leaf)).hexdigest()
+
+
+@contextmanager
+def forwarded_tls_port(lab: Lab, host: str) -> Iterator[int]:
+    """The gateway's port 443, forwarded over SSH to a free port on the controller's loopback (the lab forwards
+    only SSH), for the tools that run here."""
+    ssh_port = yaml.safe_load((lab.inventory / "hosts.yml").read_text())["all"]["children"]["lab"]["hosts"][host][
+        "ansible_port"
+    ]
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    tunnel = subprocess.Popen(
+        ["ssh", "-N", "-o", "ExitOnForwardFailure=yes", "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes",
+         "-i", str(lab.state / "id_ed25519"), "-o", f"UserKnownHostsFile={lab.state / 'known_hosts'}",
+         "-o", "StrictHostKeyChecking=yes", "-L", f"127.0.0.1:{port}:127.0.0.1:443", "-p", str(ssh_port),
+         "debian@127.0.0.1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while True:  # ssh listens once it has logged in
+            assert tunnel.poll() is None, f"ssh -L for {host} ended: {tunnel.stderr.read() if tunnel.stderr else ''}"
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=5).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, f"ssh -L for {host} did not listen on {port}"
+                time.sleep(0.5)
+        yield port
+    finally:
+        tunnel.terminate()
+        tunnel.wait(timeout=30)
+
+
+def mozilla_issues(port: int, ca: Path, profile: str) -> dict[str, str]:
+    """sslyze's scan of 127.0.0.1:port and its check against Mozilla's `profile` (guidelines 5.7, which sslyze
+    ships): what `sslyze --mozilla_config=PROFILE --certinfo_ca_file=CA` reports, as {criterion: problem}; empty
+    when compliant. The CA is our test CA: the profile also wants a chain the client can verify."""
+    request = ServerScanRequest(
+        server_location=ServerNetworkLocation("127.0.0.1", port),
+        scan_commands=SCAN_COMMANDS_NEEDED_BY_MOZILLA_CHECKER,
+        scan_commands_extra_arguments=ScanCommandsExtraArguments(
+            certificate_info=CertificateInfoExtraArgument(custom_ca_file=ca)
+        ),
+    )
+    scanner = Scanner()
+    scanner.queue_scans([request])
+    (result,) = scanner.get_results()
+    try:
+        check_server_against_tls_configuration(result, MozillaTlsConfiguration.get(TlsConfigurationEnum(profile)))
+    except ServerNotCompliantWithTlsConfiguration as found:
+        return found.issues
+    return {}
 
 
 @dataclass(frozen=True)
@@ -253,6 +338,7 @@ class Gateway:
     host: str
     certificate: Path
     key: Path
+    ca: Path
     settings: dict
     applied: subprocess.CompletedProcess[str]
     again: subprocess.CompletedProcess[str]
@@ -278,7 +364,7 @@ def tls_gateway(
 ) -> Gateway:
     """The gateway switched to TLS with a certificate made here and basic auth by `provision up`, run twice."""
     inventory, host = serving
-    certificate, key = certificate_pair(tmp_path_factory.mktemp("tls"), "gateway")
+    certificate, key, ca = certificate_pair(tmp_path_factory.mktemp("tls"), "gateway")
     settings = {
         "nginx_tls": True,
         "nginx_tls_certificate_src": str(certificate),
@@ -289,7 +375,7 @@ def tls_gateway(
     (inventory / "host_vars" / f"{host}.yml").write_text(yaml.safe_dump(settings))
     applied = lab.provision("up", "-i", str(inventory), "--tags", "nginx", "--limit", host)
     again = lab.provision("up", "-i", str(inventory), "--tags", "nginx", "--limit", host)
-    return Gateway(lab, inventory, host, certificate, key, settings, applied, again)
+    return Gateway(lab, inventory, host, certificate, key, ca, settings, applied, again)
 
 
 def test_tls_and_basic_auth_on_the_gateway(lab: Lab, tls_gateway: Gateway) -> None:
@@ -305,11 +391,19 @@ def test_tls_and_basic_auth_on_the_gateway(lab: Lab, tls_gateway: Gateway) -> No
     assert streamed["separate_arrivals"] >= 20, streamed
     assert streamed["ttft"] < streamed["total"] / 3, streamed
     assert lab.sh(host, "sudo stat -c '%a %U' /etc/nginx/tls/provision.key").split() == ["600", "root"]
+    # Mozilla's intermediate profile by default, as sslyze (run here, through an SSH forward) checks it.
+    with forwarded_tls_port(lab, host) as port:
+        assert mozilla_issues(port, gateway.ca, "intermediate") == {}
+    # The certificate names an OCSP responder: stapling is on, with the host's DNS server (resolv.conf) to find it.
+    live = lab.sh(host, "sudo nginx -T 2>/dev/null")
+    resolver = "resolver " + " ".join(lab.sh(host, "awk '$1 == \"nameserver\" {print $2}' /etc/resolv.conf").split())
+    assert "ssl_stapling on;" in live and "ssl_stapling_verify on;" in live and f"{resolver};" in live, live
+    assert "Strict-Transport-Security" not in live  # nginx_hsts_max_age 0: none
 
 
 def test_a_key_that_does_not_match_never_replaces_the_live_set(lab: Lab, tls_gateway: Gateway, tmp_path: Path) -> None:
     host = tls_gateway.host
-    _, other_key = certificate_pair(tmp_path, "other")
+    _, other_key, _ = certificate_pair(tmp_path, "other")
     live = lab.sh(
         host, "sudo sha256sum /etc/nginx/nginx.conf /etc/nginx/tls/provision.crt /etc/nginx/tls/provision.key"
     )
@@ -348,3 +442,35 @@ def test_a_daemon_json_that_dockerd_refuses_is_put_back(lab: Lab, tls_gateway: G
             assert time.monotonic() < deadline, f"the replica on port {port} did not serve again"
             time.sleep(3)
     assert client(lab, host, "complete", tls_gateway.authorized, "--tokens", "1")["status"] == 200
+
+
+def test_the_modern_profile_passes_sslyze_sends_hsts_and_streams(lab: Lab, tls_gateway: Gateway) -> None:
+    inventory, host = tls_gateway.inventory, tls_gateway.host
+    host_vars = inventory / "host_vars" / f"{host}.yml"
+    host_vars.write_text(
+        yaml.safe_dump(tls_gateway.settings | {"nginx_tls_profile": "modern", "nginx_hsts_max_age": 63072000})
+    )
+    try:
+        modern = lab.provision("up", "-i", str(inventory), "--limit", host, "--tags", "nginx")
+        checked = lab.provision("test", "-i", str(inventory), "--limit", host, "-k", "gateway")
+    finally:
+        host_vars.write_text(yaml.safe_dump(tls_gateway.settings))
+    assert modern.returncode == 0, modern.stdout + modern.stderr
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    with forwarded_tls_port(lab, host) as port:
+        assert mozilla_issues(port, tls_gateway.ca, "modern") == {}
+        connection = http.client.HTTPSConnection(
+            "127.0.0.1", port, context=ssl.create_default_context(cafile=tls_gateway.ca)
+        )
+        connection.request("GET", "/v1/models")
+        reply = connection.getresponse()
+        connection.close()
+    assert reply.status == 401 and reply.getheader("Strict-Transport-Security") == "max-age=63072000", reply.headers
+    streamed = client(lab, host, "stream", tls_gateway.authorized, "--tokens", "24")
+    assert streamed["status"] == 200 and streamed["done"] and streamed["separate_arrivals"] >= 20, streamed
+    # The inventory says intermediate again, the host still runs modern: provision test names the drift.
+    drifted = lab.provision("test", "-i", str(inventory), "--limit", host, "-k", "gateway")
+    assert drifted.returncode == 1, drifted.stdout + drifted.stderr
+    assert (
+        "nginx sets ssl_protocols TLSv1.3, expected TLSv1.2 TLSv1.3 (nginx_tls_profile intermediate" in drifted.stdout
+    )

@@ -1,10 +1,12 @@
-"""The security smoke checks' pure parts: the rule text, its place before the REJECT, the login argv."""
+"""The security smoke checks' pure parts: the rule text, its place before the REJECT, the login argv, and the
+sshd algorithm lists against a fake host."""
 
 import contextlib
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -202,3 +204,96 @@ def test_nothing_to_check_is_reported_apart_from_a_pass(tmp_path: Path) -> None:
     properties = {p.get("name"): p.get("value") for p in cases["test_nothing"].iter("property")}
     assert properties == {"nothing_to_check": "no host firewall here"}
     assert list(cases["test_something"].iter("property")) == []
+
+
+# ---- sshd's algorithm lists -------------------------------------------------------------------------------
+
+GOLDEN = Path(__file__).parent.parent / "golden" / "ssh"
+# What sshd -V prints: 9.x knows the option; 8.x says it does not and prints its version with the usage.
+SSHD_V = {
+    "OpenSSH_9.2p1 Debian-2+deb12u6, OpenSSL 3.0.17 1 Jul 2025\n": (9, 2),
+    "unknown option -- V\nOpenSSH_8.0p1, OpenSSL 1.1.1k  FIPS 25 Mar 2021\nusage: sshd [-46DdeiqTt]\n": (8, 0),
+    "OpenSSH_9.6p1 Ubuntu-3ubuntu13.5, OpenSSL 3.0.13 30 Jan 2024\n": (9, 6),
+    "sshd: command not found\n": None,
+}
+
+
+@pytest.mark.parametrize(("text", "version"), SSHD_V.items())
+def test_openssh_version_from_sshd_v(text: str, version: tuple[int, int] | None) -> None:
+    assert sec.openssh_version(text) == version
+
+
+def sshd_t(profile_file: str, **changes: str) -> str:
+    """sshd -T output around a golden profile, with some lists changed as a hand edit would."""
+    lines = dict(line.split(" ", 1) for line in (GOLDEN / profile_file).read_text().splitlines())
+    lines.update(changes)
+    return "port 22\npasswordauthentication no\n" + "".join(f"{k} {v}\n" for k, v in lines.items())
+
+
+@dataclass
+class Result:
+    rc: int
+    stdout: str = ""
+    stderr: str = ""
+
+
+@dataclass
+class SshdHost:
+    """sshd -V (as the login user) and sshd -T (with sudo) as a Debian 12 host answers them."""
+
+    effective: str
+    version: str = "OpenSSH_9.2p1 Debian-2+deb12u6, OpenSSL 3.0.17 1 Jul 2025\n"
+    sudo_on: bool = False
+    ran: list[tuple[bool, str]] = field(default_factory=list)
+
+    @contextmanager
+    def sudo(self) -> Iterator[None]:
+        self.sudo_on = True
+        try:
+            yield
+        finally:
+            self.sudo_on = False
+
+    def run(self, command: str) -> Result:
+        self.ran.append((self.sudo_on, command))
+        if command == f"{sec.SSHD} -V":
+            return Result(1, "", self.version)
+        if command == sec.SSHD_T:
+            return Result(0, self.effective) if self.sudo_on else Result(1, "", "sshd: no hostkeys available")
+        raise AssertionError(f"unexpected command {command}")
+
+
+def test_the_profile_in_place_passes() -> None:
+    host = SshdHost(sshd_t("strict-9.2.txt"))
+    assert sec.sshd_algorithm_problems(host, "strict") == []
+    assert (True, sec.SSHD_T) in host.ran
+
+
+def test_a_hand_edited_list_is_named() -> None:
+    host = SshdHost(sshd_t("strict-9.2.txt", macs="hmac-sha2-256-etm@openssh.com,hmac-sha1"))
+    [problem] = sec.sshd_algorithm_problems(host, "strict")
+    assert problem.startswith("sshd offers MACs hmac-sha2-256-etm@openssh.com,hmac-sha1, expected hmac-sha2-512-etm")
+    assert problem.endswith("(ssh_crypto_profile strict for OpenSSH 9.2; provision up restores it)")
+
+
+def test_the_distro_defaults_or_another_profile_drift_in_every_list_that_differs() -> None:
+    compatible = SshdHost(sshd_t("compatible-9.2.txt"))
+    problems = sec.sshd_algorithm_problems(compatible, "strict")
+    assert [p.split()[2] for p in problems] == ["KexAlgorithms", "HostKeyAlgorithms", "MACs"]
+    assert sec.sshd_algorithm_problems(compatible, "compatible") == []
+    # The lists follow the host's OpenSSH: Ubuntu 24.04's 9.6 has the same ones as Debian 12's 9.2, EL8's 8.0 fewer.
+    assert sec.sshd_algorithm_problems(SshdHost(sshd_t("strict-9.2.txt"), version=list(SSHD_V)[2]), "strict") == []
+    old = sec.sshd_algorithm_problems(SshdHost(sshd_t("strict-9.2.txt"), version=list(SSHD_V)[1]), "strict")
+    assert [p.split()[2] for p in old] == ["KexAlgorithms"] and "for OpenSSH 8.0" in old[0]
+
+
+def test_a_missing_list_and_an_unknown_version_are_problems_and_none_checks_nothing() -> None:
+    text = "".join(line + "\n" for line in sshd_t("strict-9.2.txt").splitlines() if not line.startswith("ciphers "))
+    assert [p.split()[:4] for p in sec.sshd_algorithm_problems(SshdHost(text), "strict")] == [
+        ["sshd", "offers", "Ciphers", "(none),"]
+    ]
+    unknown = SshdHost(sshd_t("strict-9.2.txt"), version="sshd: command not found\n")
+    assert sec.sshd_algorithm_problems(unknown, "strict") == [
+        f"cannot tell the OpenSSH version from {sec.SSHD} -V: sshd: command not found"
+    ]
+    assert sec.sshd_algorithm_problems(SshdHost("garbage"), "none") == []
