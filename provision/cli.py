@@ -55,6 +55,16 @@ inventory_option = click.option(
 )
 
 
+extra_vars_option = click.option(
+    "-e",
+    "--extra-vars",
+    "extra_vars",
+    multiple=True,
+    metavar="KEY=VALUE|@FILE",
+    help="Set a variable, or load a YAML file of them (repeatable). Never a secret.",
+)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="provision")
 @click.option("--debug", is_flag=True, help="Show the traceback behind an error.")
@@ -72,14 +82,7 @@ def cli(debug: bool) -> None:
 @click.option("--skip-tags", multiple=True, help="Skip tasks with these tags (repeatable, comma-separated).")
 @click.option("--check", is_flag=True, help="Dry run: report what would change.")
 @click.option("--diff", is_flag=True, help="Show the changes made to files.")
-@click.option(
-    "-e",
-    "--extra-vars",
-    "extra_vars",
-    multiple=True,
-    metavar="KEY=VALUE|@FILE",
-    help="Set a variable, or load a YAML file of them (repeatable). Never a secret.",
-)
+@extra_vars_option
 @click.option("--keep-artifacts", is_flag=True, help="Keep ansible-runner's private data dir; print its path.")
 @click.option("-v", "--verbose", count=True, help="Show ansible-playbook's own output (-vv, -vvv: more).")
 @strategy_option
@@ -411,6 +414,37 @@ def weights_verify(inventory_path: Path, limit: str | None, deep: bool, strategy
             else:
                 click.echo(f"{host}  {name}: OK ({len(state['ok'])} files)")
     return code
+
+
+# ---- doctor -----------------------------------------------------------------------------------------
+
+
+@cli.command()
+@inventory_option
+@click.option("--limit", help="Only these hosts or groups (Ansible pattern).")
+@click.option("--json", "as_json", is_flag=True, help="Print every reading and verdict as JSON instead of the table.")
+@extra_vars_option
+@strategy_option
+def doctor(
+    inventory_path: Path, limit: str | None, as_json: bool, extra_vars: tuple[str, ...], strategy: str
+) -> ExitCode:
+    """Say, changing nothing, whether each host can serve (GPUs, driver, CUDA, runtime, disks), and if not why."""
+    import json
+
+    from provision import doctor as checkup
+
+    found = checkup.examine(inventory_path, limit, parse_extra_vars(extra_vars), strategy, note=_log)
+    if as_json:
+        click.echo(json.dumps([report.as_json() for report in found.reports], indent=2, sort_keys=True))
+    else:
+        for line in checkup.table(found.reports):
+            click.echo(line)
+    for report in found.reports:
+        for reason in report.verdict.blocks:
+            _log(f"provision: {report.host}: cannot serve: {reason}")
+        if report.problem:
+            _log(f"provision: {report.host}: {report.problem}")
+    return found.code
 
 
 # ---- bootstrap --------------------------------------------------------------------------------------

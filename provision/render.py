@@ -156,7 +156,10 @@ class HostVars(Mapping[str, Any]):
 
         if isinstance(node, str) and ("{{" in node or "{%" in node):
             try:
-                return self.env.from_string(node).render(self.context(node))
+                value = self.env.from_string(node).render(self.context(node))
+                if isinstance(value, jinja2.Undefined):  # a native "{{ name }}" of an undefined name
+                    str(value)  # raises the UndefinedError that names it
+                return value
             except jinja2.TemplateError as exc:
                 raise UsageError(f"variable {name}: {exc.message}; fix it in the inventory") from exc
         if isinstance(node, list):

@@ -11,13 +11,16 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import os
 import shutil
 import subprocess
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from provision import paths
 from provision.errors import EnvironmentProblem
 from provision.lab.qemu import QEMU_IMG, require_tool
 
@@ -135,7 +138,26 @@ class Flavor:
     packages: tuple[str, ...] = ()
     setup: str = ""
     append: str = ""
+    # A playbook of ours (under playbooks/) run natively against the image's root with Ansible's chroot
+    # connection, with these extra variables (JSON values): what takes minutes on the host, and far longer in a
+    # TCG guest, happens once, at build time.  The playbook and the roles it names are part of the recipe.
+    playbook: str = ""
+    playbook_roles: tuple[str, ...] = ()
+    playbook_vars: tuple[tuple[str, object], ...] = ()
 
+
+# The driver the nvidia flavor has, as the nvidia role installs it (tests/integration/test_6_nvidia.py runs the
+# role again with the same settings on a VM of that flavor): Debian 12's own, from non-free, at the version
+# bookworm-security has (535.309.01 in November 2026; a rebuild after it moves on fails loudly, as it should).
+NVIDIA_VARS: tuple[tuple[str, object], ...] = (
+    ("nvidia_install_without_gpu", True),
+    ("nvidia_driver_source", "distribution"),
+    ("nvidia_driver_branch", "535"),
+    ("nvidia_driver_version", "535.309.01"),
+    ("nvidia_kernel_modules", "proprietary"),
+    ("nvidia_hold_packages", True),
+    ("nvidia_container_toolkit", "never"),
+)
 
 # Each flavor is built and cached on first use only.
 FLAVORS: dict[str, Flavor] = {
@@ -164,6 +186,18 @@ FLAVORS: dict[str, Flavor] = {
     # the container_runtime role still configures it.  docker.service is enabled by the package.  apparmor:
     # Debian's kernel enables AppArmor, and dockerd cannot start containers without apparmor_parser.
     "docker": Flavor(packages=("docker.io", "apparmor")),
+    # The NVIDIA driver built by DKMS for the image's kernel, nouveau blacklisted and the initramfs rebuilt, by
+    # the nvidia role itself (nvidia_install_without_gpu) run in a chroot at native speed: compiling the module
+    # in a TCG guest would take most of the suite's budget.  The kernel is the image's, not the builder's.
+    "nvidia": Flavor(
+        playbook="nvidia.yml",
+        playbook_roles=("nvidia",),
+        playbook_vars=(
+            *NVIDIA_VARS,
+            ("nvidia_debian_mirror", MIRROR),
+            ("nvidia_debian_security_mirror", SECURITY_MIRROR),
+        ),
+    ),
 }
 
 
@@ -199,7 +233,25 @@ def recipe(flavor: str = "plain") -> dict:
     }
     if flavor != "plain":  # the plain recipe stays what it was, so its cached image stays valid
         base |= {"flavor": flavor, "packages": [*PACKAGES, *extra.packages], "setup": SETUP_SCRIPT + extra.setup}
+    if extra.playbook:
+        base |= {
+            "playbook": extra.playbook,
+            "playbook_vars": dict(extra.playbook_vars),
+            "playbook_sources": _tree_hash(
+                [paths.PLAYBOOKS / extra.playbook, *(paths.ROLES / r for r in extra.playbook_roles)]
+            ),
+        }
     return base
+
+
+def _tree_hash(roots: list[Path]) -> str:
+    """A hash of the files under these paths (names and contents): a changed role rebuilds the flavor."""
+    digest = hashlib.sha256()
+    for root in roots:
+        for path in sorted([root] if root.is_file() else root.rglob("*")):
+            if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".md":
+                digest.update(str(path.relative_to(paths.PLAYBOOKS)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
 
 
 def recipe_hash(flavor: str = "plain") -> str:
@@ -261,6 +313,9 @@ def _build_base_image(image: BaseImage, log: Callable[[str], None], flavor: str)
             ],
             "mmdebstrap",
         )
+        if FLAVORS[flavor].playbook:
+            log(f"running playbooks/{FLAVORS[flavor].playbook} in the image's root (Ansible's chroot connection)")
+            _run_playbook_in_chroot(rootfs, FLAVORS[flavor], work / "playbook.log")
         boot = rootfs / "boot"
         shutil.copyfile(_only(boot.glob("vmlinuz-*")), work / "vmlinuz")
         shutil.copyfile(_only(boot.glob("initrd.img-*")), work / "initrd.img")
@@ -275,6 +330,58 @@ def _build_base_image(image: BaseImage, log: Callable[[str], None], flavor: str)
         (staging / "root.qcow2").chmod(0o444)  # the base of every overlay: never written again
         staging.rename(image.directory)
     log(f"lab image ready: {image.directory}")
+
+
+@contextlib.contextmanager
+def _chroot_mounts(rootfs: Path) -> Iterator[None]:
+    """/proc, /sys and /dev inside the root (DKMS and update-initramfs want them) and the builder's resolver (the
+    image's own points at qemu's), all undone afterwards."""
+    resolv = rootfs / "etc/resolv.conf"
+    original = resolv.read_bytes()
+    resolv.write_bytes(Path("/etc/resolv.conf").read_bytes())
+    mounted: list[Path] = []
+    try:
+        for args, target in (
+            (["-t", "proc", "proc"], "proc"),
+            (["-t", "sysfs", "sysfs"], "sys"),
+            (["--bind", "/dev"], "dev"),
+        ):
+            _run(["mount", *args, str(rootfs / target)], f"mount /{target} in the image's root")
+            mounted.append(rootfs / target)
+        yield
+    finally:
+        for point in reversed(mounted):
+            subprocess.run(["umount", "--lazy", str(point)], check=False)
+        resolv.write_bytes(original)
+
+
+def _run_playbook_in_chroot(rootfs: Path, flavor: Flavor, log_path: Path) -> None:
+    """Run the flavor's playbook against the root with community.general.chroot (as root, on this machine)."""
+    kernel = _only((rootfs / "lib/modules").iterdir()).name
+    extra = {
+        **dict(flavor.playbook_vars),
+        "nvidia_kernel": kernel,
+        "ansible_python_interpreter": "/usr/bin/python3",
+        "ansible_become": False,
+    }
+    env = {
+        **os.environ,
+        "ANSIBLE_CONFIG": str(paths.ANSIBLE_CFG),
+        "ANSIBLE_CACHE_PLUGIN": "memory",
+        "ANSIBLE_STRATEGY": "linear",
+        "ANSIBLE_NOCOLOR": "1",
+    }
+    ansible_playbook = str(Path(sys.executable).parent / "ansible-playbook")
+    argv = [ansible_playbook, "-i", f"{rootfs},", "-c", "community.general.chroot", "-e", json.dumps(extra)]
+    with _chroot_mounts(rootfs), open(log_path, "w") as log:
+        proc = subprocess.run(
+            [*argv, str(paths.PLAYBOOKS / flavor.playbook)], stdout=log, stderr=subprocess.STDOUT, env=env, check=False
+        )
+    if proc.returncode != 0:
+        tail = "\n".join(log_path.read_text(errors="replace").strip().splitlines()[-25:])
+        raise EnvironmentProblem(
+            f"lab image: {flavor.playbook} in the image's root failed (exit {proc.returncode}):\n{tail}"
+        )
 
 
 def _only(paths: object) -> Path:

@@ -106,3 +106,15 @@ def _deb822_uris(text: str) -> list[str]:
             continue
         uris.extend(fields.get("uris", "").split())
     return uris
+
+
+REBOOT_REQUIRED_FILE = "/run/provision/reboot-required"
+
+
+def reboot_pending_problems(host: Any, path: str = REBOOT_REQUIRED_FILE) -> list[str]:
+    """A role that needed a reboot and was told not to (nvidia_reboot: false) leaves the reason there; /run is
+    emptied by the reboot itself."""
+    if not host.file(path).exists:
+        return []
+    reason = " ".join(host.file(path).content_string.split())
+    return [f"a reboot is pending ({path}): {reason}"]

@@ -21,3 +21,7 @@ def test_package_mirror(host: Any, provision_vars: dict[str, Any]) -> None:
     mirror = str(provision_vars.get("base_apt_mirror") or "")
     security = str(provision_vars.get("base_apt_security_mirror") or "")
     assert checks.mirror_problems(host, mirror, allowed=(security,)) == []
+
+
+def test_no_reboot_pending(host: Any) -> None:
+    assert checks.reboot_pending_problems(host) == []

@@ -26,6 +26,7 @@ LATER_IMAGES = {
     "test_4_security.py": ("oci",),
     "test_4b_selinux.py": ("selinux",),
     "test_5_serving.py": ("docker", "demo"),
+    "test_6b_nvidia_driver.py": ("nvidia",),
 }
 _wanted_images: list[str] = []
 
@@ -57,16 +58,39 @@ def _prebuild(images: list[str]) -> None:
                 PHASES[f"background build of the {name} image failed: {exc}"] = 0.0
 
 
+# scripts/test.sh runs the integration modules in two lanes, two pytest processes side by side on one lab: it
+# starts the session lab (lab1, lab2) in this directory before either lane and stops it after both. The modules
+# that work on VMs of their own flavors (lab3..) run in the second lane, while the first works on lab1 and lab2:
+# a module mostly waits on one guest, and two such waits share the machine's two cores. Unset (a developer
+# running a module or two), the session starts and stops its own lab, and those modules pause lab1 and lab2.
+SHARED_LAB = os.environ.get("PROVISION_TEST_SHARED_LAB", "")
+
+
+def _start_builder() -> threading.Thread:
+    builder = threading.Thread(target=_prebuild, args=(_wanted_images,), name="prebuild", daemon=True)
+    builder.start()
+    return builder
+
+
 @pytest.fixture(scope="session")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     base = tmp_path_factory.mktemp("lab")
-    state, inventory = base / "state", base / "inventory"
+    inventory = base / "inventory"
+    if SHARED_LAB:  # the lane's own copy of the inventory: a module that adds a host adds it for this lane only
+        state = Path(SHARED_LAB) / "state"
+        shutil.copytree(Path(SHARED_LAB) / "inventory", inventory)
+        builder = _start_builder()
+        try:
+            yield Lab(inventory=inventory, state=state, env={**os.environ, "PROVISION_LAB_STATE": str(state)})
+        finally:
+            builder.join()
+        return
+    state = base / "state"
     inventory.mkdir()
     shutil.copytree(ROOT / "inventories" / "lab" / "group_vars", inventory / "group_vars")
     env = {**os.environ, "PROVISION_LAB_STATE": str(state)}
     lab = Lab(inventory=inventory, state=state, env=env)
-    builder = threading.Thread(target=_prebuild, args=(_wanted_images,), name="prebuild", daemon=True)
-    builder.start()
+    builder = _start_builder()
     try:
         with phase("session lab up (image and template built first on a cold cache)"):
             lab.provision(
@@ -84,7 +108,11 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
 
 @pytest.fixture(scope="module")
 def session_hosts_paused(lab: Lab) -> Iterator[None]:
-    """For a module that works on hosts of its own: the session's VMs are paused meanwhile."""
+    """For a module that works on hosts of its own: the session's VMs are paused meanwhile (unless the other
+    lane is working on them)."""
+    if SHARED_LAB:
+        yield
+        return
     lab.pause(*SESSION_HOSTS)
     try:
         yield

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -11,6 +12,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+import yaml
 
 from provision.lab.qemu import guest_exec, qga, qmp
 
@@ -112,3 +115,13 @@ def our_qemu_pids(state: Path) -> list[int]:
             if b"qemu-system" in cmdline and str(state).encode() in cmdline:
                 pids.append(int(proc.name))
     return pids
+
+
+def inventory_with(lab: Lab, tmp_path: Path, host_vars: dict[str, dict]) -> Path:
+    """A copy of the lab's inventory with host_vars files for these hosts."""
+    inventory = tmp_path / "inventory"
+    shutil.copytree(lab.inventory, inventory)
+    for host, values in host_vars.items():
+        (inventory / "host_vars").mkdir(exist_ok=True)
+        (inventory / "host_vars" / f"{host}.yml").write_text(yaml.safe_dump(values))
+    return inventory

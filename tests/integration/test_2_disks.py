@@ -45,7 +45,9 @@ def reset_disk(lab: Lab, host: str) -> None:
     a discarded qcow2 cluster reads zeros, as a new cloud disk does; the role's scan looks all over the disk)."""
     lab.sh(
         host,
-        f"sudo umount -q {MOUNT} 2>/dev/null; sudo sed -i '\\# {MOUNT} #d' /etc/fstab; sudo systemctl daemon-reload;"
+        # daemon-reload (seconds under TCG) only when fstab had the mount: its generated unit must go
+        f"sudo umount -q {MOUNT} 2>/dev/null; if grep -q ' {MOUNT} ' /etc/fstab; then"
+        f" sudo sed -i '\\# {MOUNT} #d' /etc/fstab; sudo systemctl daemon-reload; fi;"
         " sudo wipefs -aq /dev/vdb; sudo blkdiscard -f /dev/vdb;"
         " sudo blockdev --rereadpt /dev/vdb 2>/dev/null; true",
     )

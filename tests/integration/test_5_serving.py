@@ -108,6 +108,30 @@ def test_units_run_and_nginx_is_not_root(lab: Lab, converged: tuple, serving: tu
     assert "--ipc=host" in lab.sh(host, "cat /etc/systemd/system/inference-1.service")
 
 
+def test_gpus_auto_gives_a_host_without_gpus_none(lab: Lab, converged: tuple, serving: tuple[Path, str]) -> None:
+    """inference_gpus is auto by default; the lab has no GPU and docker no nvidia runtime."""
+    assert "--gpus" not in lab.sh(serving[1], "cat /etc/systemd/system/inference-1.service")
+
+
+def test_gpus_true_without_gpus_fails_clearly_and_changes_nothing(
+    lab: Lab, converged: tuple, serving: tuple[Path, str]
+) -> None:
+    inventory, host = serving
+    units = "sudo sha256sum /etc/systemd/system/inference-*.service /etc/provision/inference.env"
+    before = lab.sh(host, units)
+    run = lab.provision("up", "-i", str(inventory), "--tags", "inference", "--limit", host, "-e", "inference_gpus=true")
+    output = run.stdout + run.stderr
+    assert run.returncode == 1, output
+    failed = [line for line in run.stdout.splitlines() if line.split()[:2] == ["failed", host]]
+    assert len(failed) == 1, output
+    assert failed[0].endswith(
+        "inference_gpus is true but no NVIDIA GPU is visible (no /dev/nvidia0, and nvidia-smi -L lists none), "
+        "and docker has no nvidia runtime (the NVIDIA container toolkit adds it); nothing was changed"
+    ), output
+    assert recap(run.stdout)[host]["changed"] == 0
+    assert lab.sh(host, units) == before
+
+
 def test_tokens_stream_through_nginx_as_fast_as_direct(lab: Lab, converged: tuple, serving: tuple[Path, str]) -> None:
     host = serving[1]
     streamed = client(lab, host, "stream", NGINX, "--tokens", "24")

@@ -50,6 +50,12 @@ def test_gpus_and_limits_are_optional() -> None:
     assert "8g" in full and "2" in full
 
 
+@pytest.mark.parametrize(("setting", "passed"), [("auto", False), (False, False), ("false", False), (True, True)])
+def test_gpus_auto_renders_as_a_host_without_them(setting: object, passed: bool) -> None:
+    """render cannot look at the host: auto renders as the role renders it on a host without GPUs."""
+    assert ("--gpus" in exec_start_argv(unit(inference_gpus=setting))) is passed
+
+
 def test_output_file_is_named_after_the_unit() -> None:
     files = render.render_host(inventory(inference_name="qwen"), "h1")
     assert [f.name for f in files] == ["qwen.service", "nginx.conf"]
@@ -74,6 +80,11 @@ def test_unknown_host_names_host_and_inventory() -> None:
 def test_undefined_variable_in_a_variable_names_both() -> None:
     with pytest.raises(UsageError, match=r"variable inference_env_file: 'nope' is undefined"):
         unit(inference_env_file="/etc/{{ nope }}")
+
+
+def test_a_variable_that_is_only_an_undefined_name_names_both() -> None:
+    with pytest.raises(UsageError, match=r"variable inference_image: 'nope' is undefined"):
+        render.HostVars(inventory(inference_image="{{ nope }}"), "h1")["inference_image"]
 
 
 def test_self_reference_is_reported() -> None:

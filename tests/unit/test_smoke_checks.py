@@ -126,3 +126,12 @@ def test_serving_checks_are_left_out_not_skipped_on_hosts_outside_their_group(tm
         "test_serving.py::test_every_replica_runs_and_answers[ansible://served1]",
         "test_serving.py::test_gateway_config_valid_and_streams_unbuffered[ansible://gate1]",
     ], proc.stdout + proc.stderr
+
+
+def test_a_pending_reboot_is_reported_with_its_reason(local: Any, write: Write, tmp_path: Path) -> None:
+    path = tmp_path / "run/provision/reboot-required"
+    assert checks.reboot_pending_problems(local, str(path)) == []
+    write("run/provision/reboot-required", "nvidia: nouveau is in memory\n")
+    assert checks.reboot_pending_problems(local, str(path)) == [
+        f"a reboot is pending ({path}): nvidia: nouveau is in memory"
+    ]
