@@ -49,7 +49,8 @@ class Lab:
         timings = os.environ.get("PROVISION_TEST_TIMINGS")
         if timings:  # where the suite's time goes, one line per call (scripts/test.sh sets it)
             with open(timings, "a") as log:
-                log.write(f"{time.monotonic() - started:7.1f}s  provision {' '.join(args)}\n")
+                shown = re.sub(r"://([^:/@\s]+):[^@\s]+@", r"://\1:***@", " ".join(args))  # a test's URL password
+                log.write(f"{time.monotonic() - started:7.1f}s  provision {shown}\n")
         # Shown by pytest only when a test fails: what the user would have seen.
         print(f"$ provision {' '.join(args)}\n{proc.stdout}\n{proc.stderr}\n(exit {proc.returncode})")
         if check and proc.returncode != 0:
