@@ -133,7 +133,8 @@ def test_without_reboots_the_reason_is_left_for_provision_test(host: NvidiaHost,
 def test_a_host_rebooted_once_already_is_not_rebooted_again(host: NvidiaHost, rebooted: tuple) -> None:
     boot = host.sh("cat /proc/sys/kernel/random/boot_id").strip()
     host.sh(
-        "echo 00000000-0000-0000-0000-000000000000 | sudo tee /var/lib/provision/nvidia-reboot; sudo modprobe nouveau"
+        "sudo mkdir -p /var/lib/provision && echo 00000000-0000-0000-0000-000000000000"
+        " | sudo tee /var/lib/provision/nvidia-reboot && sudo modprobe nouveau"
     )
     try:
         proc = host.up()
