@@ -450,6 +450,9 @@ def _write_inventory(d: LabDirs, path: Path, hosts: list[LabHostStatus], mirror:
         "ansible_user": LAB_USER,
         "ansible_ssh_private_key_file": str(d.key),
         "ansible_ssh_common_args": common_args,
+        # An emulated guest on a busy 2-core machine can take over Ansible's default 10 s to answer a new SSH
+        # connection ("Connection timed out" with the VM up and serving); a real host keeps the default.
+        "ansible_timeout": 60,
         # The package cache on the host, as a mirror; empty when the lab runs without it (--no-mirror).
         "base_apt_mirror": f"{aptcache.GUEST_URL}/deb.debian.org/debian" if mirror else "",
         "base_apt_security_mirror": f"{aptcache.GUEST_URL}/deb.debian.org/debian-security" if mirror else "",
