@@ -141,3 +141,18 @@ def test_role_defaults_each_have_a_comment(role: Path) -> None:
         match = re.match(r"([A-Za-z_]\w*):", line)
         if match:
             assert index > 0 and lines[index - 1].startswith("#"), f"{role.name}: {match.group(1)} has no comment"
+
+
+def test_the_whole_suite_collects_in_one_run() -> None:
+    """CI runs unit, golden and integration tests in one pytest run; a module that only imports when its own
+    directory runs alone (say, `from conftest import ...`, which names whichever conftest came first) breaks the
+    whole run at collection, before any test."""
+    root = paths.ROOT
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]

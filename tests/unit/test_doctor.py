@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import CliResult
+from cli_result import CliResult
 
 from provision import doctor
 from provision.doctor import HostReport, Intent
