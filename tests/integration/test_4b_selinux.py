@@ -104,5 +104,8 @@ def test_selinux_role_fixes_the_upstream_denial_and_stays_enforcing(lab4: Lab4) 
     assert "httpd_can_network_connect --> on" in lab4.sh("/usr/sbin/getsebool httpd_can_network_connect")
     lab4.start_upstream()
     assert lab4.sh(PROXY_GET).strip() == "200"
-    smoke = lab4.lab.provision("test", "-i", str(lab4.inventory), "-k", "selinux or sshd")
-    assert smoke.returncode == 0, smoke.stdout
+    # sshd still runs and its config is valid under enforcing; its algorithm lists are not checked here (only the
+    # selinux role ran on lab4, so they are the distribution's, which provision test rightly reports).
+    checks = "selinux or sshd_running or sshd_config_valid"
+    smoke = lab4.lab.provision("test", "-i", str(lab4.inventory), "-k", checks)
+    assert smoke.returncode == 0 and "3 passed" in smoke.stdout, smoke.stdout
