@@ -22,6 +22,7 @@ from provision.errors import EnvironmentProblem, ExitCode, ProvisionError, Usage
 
 if TYPE_CHECKING:
     from provision.inventory import Inventory
+    from provision.runner import TaskEvent
 
 STATUS_COLORS = {
     "ok": "green",
@@ -151,11 +152,11 @@ def _play(
     host_width = max(len(h) for h in inv.hosts)
     verbose = options.get("verbosity", 0)
 
-    def show(event: dict[str, Any]) -> None:
+    def show(event: "TaskEvent") -> None:
         if on_result is not None:
             on_result(event)
-        if verbose and event.get("stdout"):
-            click.echo(event["stdout"])
+        if verbose and event.stdout:
+            click.echo(event.stdout)
             return
         line = events.event_line(event, host_width)
         if line is not None:
@@ -390,11 +391,9 @@ def weights_verify(inventory_path: Path, limit: str | None, deep: bool, strategy
     """Report per host whether each model's files are OK, missing or corrupt (changes nothing)."""
     reports: dict[str, dict[str, Any]] = {}
 
-    def collect(event: dict[str, Any]) -> None:
-        data = event.get("event_data") or {}
-        res = data.get("res") or {}
-        if event.get("event") in ("runner_on_ok", "runner_on_failed") and isinstance(res.get("report"), dict):
-            reports[str(data.get("host"))] = res["report"]
+    def collect(event: "TaskEvent") -> None:
+        if event.kind in ("runner_on_ok", "runner_on_failed") and event.result.report is not None:
+            reports[event.host] = dict(event.result.report)
 
     code = _play(
         "weights_verify.yml",

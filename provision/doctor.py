@@ -394,16 +394,13 @@ def examine(
     readings: dict[str, dict[str, Any]] = {}
     problems: dict[str, str] = {}
 
-    def collect(event: dict[str, Any]) -> None:
-        data = event.get("event_data") or {}
-        host, res = str(data.get("host") or ""), data.get("res") or {}
-        kind = event.get("event")
-        if kind == "runner_on_ok" and isinstance(res.get("readings"), dict):
-            readings[host] = res["readings"]
-        elif kind == "runner_on_failed":
-            problems[host] = f"could not be read: {events.failure_message(res)}"
-        elif kind == "runner_on_unreachable":
-            problems[host] = f"unreachable: {events.failure_message(res)}"
+    def collect(event: runner.TaskEvent) -> None:
+        if event.kind == "runner_on_ok" and event.result.readings is not None:
+            readings[event.host] = dict(event.result.readings)
+        elif event.kind == "runner_on_failed":
+            problems[event.host] = f"could not be read: {events.failure_message(event.result)}"
+        elif event.kind == "runner_on_unreachable":
+            problems[event.host] = f"unreachable: {events.failure_message(event.result)}"
 
     request = runner.RunRequest(
         inventory=inv.path,

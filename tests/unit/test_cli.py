@@ -14,7 +14,7 @@ import pytest
 
 from provision import paths, runner
 from provision.errors import ExitCode
-from provision.runner import HostStats, RunRequest, RunResult
+from provision.runner import HostStats, RunRequest, RunResult, TaskEvent, task_event
 
 Write = Callable[[str, str], Path]
 
@@ -27,12 +27,12 @@ class RunnerStub:
     def __call__(
         self,
         request: RunRequest,
-        on_event: Callable[[dict[str, Any]], None],
+        on_event: Callable[[TaskEvent], None],
         note: Callable[[str], None] | None = None,
     ) -> RunResult:
         self.requests.append(request)
-        on_event({"event": "playbook_on_play_start", "event_data": {"name": "Prepare the base system"}})
-        on_event({"event": "runner_on_ok", "event_data": {"host": "local1", "task": "Do", "res": {}}})
+        on_event(task_event({"event": "playbook_on_play_start", "event_data": {"name": "Prepare the base system"}}))
+        on_event(task_event({"event": "runner_on_ok", "event_data": {"host": "local1", "task": "Do", "res": {}}}))
         return self.result
 
 

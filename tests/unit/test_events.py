@@ -4,17 +4,18 @@ import json
 from typing import Any
 
 from provision import events
-from provision.runner import HostStats
+from provision.runner import HostStats, TaskEvent, task_event
 
 
-def event(kind: str, res: dict[str, Any] | None = None, **data: Any) -> dict[str, Any]:
+def event(kind: str, res: dict[str, Any] | None = None, **data: Any) -> TaskEvent:
+    """The typed event runner.run hands on for this ansible-runner event."""
     event_data = {"host": "lab1", "task": "Write package mirror sources", "role": "base", **data}
     if res is not None:
         event_data["res"] = res
-    return {"event": kind, "event_data": event_data}
+    return task_event({"event": kind, "event_data": event_data})
 
 
-def text(ev: dict[str, Any], width: int = 4) -> str:
+def text(ev: TaskEvent, width: int = 4) -> str:
     line = events.event_line(ev, width)
     assert line is not None
     return line.text
@@ -128,13 +129,13 @@ def test_loop_items_show_their_label_and_the_summary_is_not_repeated() -> None:
 def test_async_poll_and_play_start() -> None:
     assert text(event("runner_on_async_poll", {"started": 1, "finished": 0})).startswith("  polling      lab1")
     assert events.event_line(event("runner_on_async_ok", {"changed": True})) is None
-    play = {"event": "playbook_on_play_start", "event_data": {"name": "Prepare the base system"}}
+    play = task_event({"event": "playbook_on_play_start", "event_data": {"name": "Prepare the base system"}})
     assert events.event_line(play) == events.Line("play", "PLAY Prepare the base system")
 
 
 def test_other_events_are_not_shown() -> None:
     for kind in ("runner_on_start", "playbook_on_task_start", "verbose", "playbook_on_stats", None):
-        assert events.event_line({"event": kind, "event_data": {}}) is None
+        assert events.event_line(task_event({"event": kind, "event_data": {}})) is None
 
 
 def test_recap() -> None:

@@ -22,7 +22,7 @@ import terminal as terminal_io
 
 from provision import paths, runner
 from provision.errors import ExitCode
-from provision.runner import HostStats, RunRequest, RunResult
+from provision.runner import HostStats, RunRequest, RunResult, TaskEvent
 
 Write = Callable[[str, str], Path]
 
@@ -113,27 +113,23 @@ def project(write: Write) -> Path:
     return write("project/site.yml", PLAYBOOK).parent
 
 
-def run(project: Path, inventory: Path, on_event: Callable[[dict[str, Any]], None] | None = None, **kw: Any):
+def run(project: Path, inventory: Path, on_event: Callable[[TaskEvent], None] | None = None, **kw: Any):
     request = RunRequest(inventory=inventory, project_dir=project, **kw)
     return runner.run(request, on_event or (lambda event: None))
 
 
-def report(events: list[dict[str, Any]]) -> list[str]:
-    (message,) = [
-        e["event_data"]["res"]["msg"]
-        for e in events
-        if e["event"] == "runner_on_ok" and e["event_data"]["task"] == "Report the environment"
-    ]
+def report(events: list[TaskEvent]) -> list[str]:
+    (message,) = [e.result.msg for e in events if e.kind == "runner_on_ok" and e.task == "Report the environment"]
     return message.split("|")
 
 
 def test_real_run_private_dir_is_private_temporary_and_removed(project: Path, local_inventory: Path) -> None:
-    seen: list[dict[str, Any]] = []
+    seen: list[TaskEvent] = []
     modes: list[int] = []
 
-    def on_event(event: dict[str, Any]) -> None:
+    def on_event(event: TaskEvent) -> None:
         seen.append(event)
-        if event["event"] == "runner_on_ok" and not modes:
+        if event.kind == "runner_on_ok" and not modes:
             artifact_dir = Path(report([event])[0])
             modes.append(artifact_dir.parents[1].stat().st_mode & 0o777)
 
@@ -189,8 +185,8 @@ def test_real_run_failed_and_unreachable_hosts(project: Path, write: Write) -> N
 def test_ctrl_c_cancels_the_run_and_restores_the_handler(project: Path, local_inventory: Path) -> None:
     before = signal.getsignal(signal.SIGINT)
 
-    def on_event(event: dict[str, Any]) -> None:
-        if event["event"] == "runner_on_start" and event["event_data"].get("task") == "Sleep":
+    def on_event(event: TaskEvent) -> None:
+        if event.kind == "runner_on_start" and event.task == "Sleep":
             os.kill(os.getpid(), signal.SIGINT)
 
     started = time.monotonic()
@@ -219,8 +215,8 @@ def test_sigterm_and_sighup_stop_the_run_like_ctrl_c(
     (tmp_path / "tmp").mkdir()
     before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
 
-    def on_event(event: dict[str, Any]) -> None:
-        if event["event"] == "runner_on_start" and event["event_data"].get("task") == "Sleep":
+    def on_event(event: TaskEvent) -> None:
+        if event.kind == "runner_on_start" and event.task == "Sleep":
             os.kill(os.getpid(), signum)
 
     result = run(project, local_inventory, on_event, tags=("sleep",))
@@ -234,8 +230,8 @@ def test_sigterm_and_sighup_stop_the_run_like_ctrl_c(
 def test_an_ignored_signal_stays_ignored(project: Path, local_inventory: Path) -> None:
     """nohup ignores SIGHUP so that a run outlives its terminal: the run must not install a handler over that."""
 
-    def on_event(event: dict[str, Any]) -> None:
-        if event["event"] == "runner_on_start":
+    def on_event(event: TaskEvent) -> None:
+        if event.kind == "runner_on_start":
             os.kill(os.getpid(), signal.SIGHUP)
 
     previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
@@ -305,7 +301,7 @@ def test_only_the_allowed_environment_reaches_ansible_and_the_kept_artifacts(
     monkeypatch.setenv("SOME_SERVICE_TOKEN", canary)
     monkeypatch.setenv("SSH_AUTH_SOCK", agent)  # on the allow-list: ssh needs it
     monkeypatch.setenv("PROVISION_TEST_TOKEN", token)  # named by the run (as weights_token_env names one)
-    seen: list[dict[str, Any]] = []
+    seen: list[TaskEvent] = []
     result = run(
         project,
         local_inventory,
@@ -317,7 +313,7 @@ def test_only_the_allowed_environment_reaches_ansible_and_the_kept_artifacts(
     assert result.artifacts_dir is not None
     try:
         assert result.status == "successful"
-        (message,) = [e["event_data"]["res"]["msg"] for e in seen if e["event"] == "runner_on_ok"]
+        (message,) = [e.result.msg for e in seen if e.kind == "runner_on_ok"]
         assert message == f"{agent}|{len(token)}", "an allowed or named variable did not reach the play"
         files = [p for p in result.artifacts_dir.rglob("*") if p.is_file()]
         assert any(agent.encode() in p.read_bytes() for p in files), "the recorded environment was not searched"
