@@ -10,9 +10,9 @@ from provision.runner import HostStats, TaskEvent, TaskResult
 
 STATUS_WIDTH = 12
 MESSAGE_LIMIT = 600
-# A failure may carry details, lines a role wants shown below it (the inference role puts the containers' last
-# log lines there); they are shown indented below the failure line, at most this many.
-DETAILS_SEPARATOR = "---"
+# A failure may carry details, lines a role wants shown below it (playbooks/action_plugins/fail_with_details.py:
+# the inference role puts the containers' last log lines there); shown indented below the failure line, at most
+# this many.
 DETAILS_LIMIT = 100
 
 _RESULT_STATUS = {
@@ -87,13 +87,8 @@ def failure_message(res: TaskResult) -> str:
 
 
 def failure_details(res: TaskResult) -> list[str]:
-    """The lines after a `---` line in a failure's msg (none for ordinary messages)."""
-    lines = res.msg.splitlines()
-    if DETAILS_SEPARATOR not in (line.strip() for line in lines):
-        return []
-    start = [line.strip() for line in lines].index(DETAILS_SEPARATOR) + 1
-    details = [line.rstrip()[:MESSAGE_LIMIT] for line in lines[start:]]
-    return details[-DETAILS_LIMIT:]
+    """The lines a role put beside a failure's msg (its `details`), the last DETAILS_LIMIT of them."""
+    return [line.rstrip()[:MESSAGE_LIMIT] for line in res.details][-DETAILS_LIMIT:]
 
 
 def _one_line(text: str) -> str:

@@ -51,12 +51,17 @@ def test_a_failed_argument_check_names_the_variables_on_its_line() -> None:
     )
 
 
-def test_failed_shows_details_after_a_separator_line_indented() -> None:
-    ev = event("runner_on_failed", {"msg": "deploy failed\nrolled back\n---\nlog line 1\nlog line 2"})
+def test_failed_shows_its_details_indented() -> None:
+    """A role's `details` (fail_with_details) are lines below the failure; a `---` in a msg is nothing special."""
+    ev = event("runner_on_failed", {"msg": "deploy failed", "details": ["log line 1", "log line 2"]})
     assert text(ev) == (
         "  failed       lab1  base : Write package mirror sources: deploy failed"
         "\n      | log line 1\n      | log line 2"
     )
+    conventional = event("runner_on_failed", {"msg": "deploy failed\nrolled back\n---\nlog line 1\nlog line 2"})
+    assert text(conventional) == "  failed       lab1  base : Write package mirror sources: deploy failed"
+    many = event("runner_on_failed", {"msg": "deploy failed", "details": [f"line {n}" for n in range(150)]})
+    assert text(many).splitlines()[1:] == [f"      | line {n}" for n in range(50, 150)]
 
 
 def test_failed_command_shows_stderr_instead_of_generic_msg() -> None:

@@ -182,6 +182,35 @@ def test_real_run_failed_and_unreachable_hosts(project: Path, write: Write) -> N
     assert runner.outcome(only_unreachable) is ExitCode.UNREACHABLE
 
 
+def test_what_a_role_wants_read_travels_as_data_in_the_result(write: Write, local_inventory: Path) -> None:
+    """fail_with_details (playbooks/action_plugins) puts the details and the stage beside the msg, as the
+    inference, live_config and ssh roles use it; events shows the details below the failure line."""
+    from provision import events
+
+    project = write(
+        "details/site.yml",
+        "- hosts: all\n  gather_facts: false\n  tasks:\n    - name: Give up\n      fail_with_details:\n"
+        "        msg: the unit did not start\n        stage: guard\n"
+        "        details: \"{{ ['--- last lines ---', 'first', '', 'second'] }}\"\n",
+    ).parent
+    (project / "action_plugins").symlink_to(paths.PLAYBOOKS / "action_plugins")
+    seen: list[TaskEvent] = []
+    result = run(project, local_inventory, seen.append)
+    assert result.stats["local1"].failed == 1
+    (failed,) = [e for e in seen if e.kind == "runner_on_failed"]
+    assert failed.result.msg == "the unit did not start"
+    assert failed.result.details == ("--- last lines ---", "first", "", "second")
+    assert failed.result.stage == "guard"
+    line = events.event_line(failed)
+    assert line is not None and line.text.splitlines() == [
+        "  failed       local1  Give up: the unit did not start",
+        "      | --- last lines ---",
+        "      | first",
+        "      | ",
+        "      | second",
+    ]
+
+
 def test_ctrl_c_cancels_the_run_and_restores_the_handler(project: Path, local_inventory: Path) -> None:
     before = signal.getsignal(signal.SIGINT)
 
