@@ -138,7 +138,7 @@ def task_result(res: Mapping[str, Any]) -> TaskResult:
         msg=str(res.get("msg") or ""),
         stderr=str(res.get("stderr") or ""),
         rc=rc if isinstance(rc, int) else None,
-        summary=str(res.get("summary") or "") or _polled_summary(res),
+        summary=str(res.get("summary") or ""),
         details=tuple(str(line) for line in details) if isinstance(details, list) else (),
         stage=str(res.get("stage") or ""),
         argument_errors=tuple(str(error) for error in errors) if isinstance(errors, list) else (),
@@ -147,16 +147,6 @@ def task_result(res: Mapping[str, Any]) -> TaskResult:
         report=res["report"] if isinstance(res.get("report"), Mapping) else None,
         readings=res["readings"] if isinstance(res.get("readings"), Mapping) else None,
     )
-
-
-def _polled_summary(res: Mapping[str, Any]) -> str:
-    """The `summary` of a JSON progress file a raw poll printed as its first line, or ""."""
-    first = (str(res.get("stdout") or "").strip().splitlines() or [""])[0]
-    try:
-        state = json.loads(first)
-    except ValueError:
-        return ""
-    return str(state.get("summary") or "") if isinstance(state, dict) else ""
 
 
 # Signals that stop a run the way Ctrl-C does, and the exit code each gives (128 + the signal's number).

@@ -3,7 +3,9 @@
 import json
 from typing import Any
 
-from provision import events
+import library_modules
+
+from provision import events, paths
 from provision.runner import HostStats, TaskEvent, task_event
 
 
@@ -95,12 +97,22 @@ def test_a_retry_shows_the_modules_progress_line() -> None:
     )
 
 
-def test_a_raw_poll_shows_the_summary_of_the_progress_file_it_printed() -> None:
-    state = {"done": 1, "total": 2, "summary": "1.0 GiB of 2.0 GiB (50%), 0/1 files, 20.0 MiB/s, ETA 51s"}
-    ev = event("runner_retry", {"stdout": json.dumps(state) + "\r\npull: running\r\n", "attempts": 2})
+def test_the_weights_progress_poll_shows_the_summary_of_the_progress_file_it_read() -> None:
+    """The weights role's poll (action_plugins/weights_progress.py) reads the file on the host and says its summary
+    as data; a raw command's output is never parsed here."""
+    poll = library_modules.load(paths.ROLES / "weights/action_plugins/weights_progress.py")
+    state = {"pid": 7, "done": 1, "total": 2, "summary": "1.0 GiB of 2.0 GiB (50%), 0/1 files, 20.0 MiB/s, ETA 51s"}
+    running = poll.progress_of(json.dumps(state) + "\r\nalive\r\n")
+    assert (running["started"], running["finished"]) == (True, False)
+    ev = event("runner_retry", {**running, "attempts": 2})
     assert text(ev).endswith("Write package mirror sources: 1.0 GiB of 2.0 GiB (50%), 0/1 files, 20.0 MiB/s, ETA 51s")
-    plain = event("runner_retry", {"stdout": "not json\n", "attempts": 2})
+    plain = event("runner_retry", {**poll.progress_of("not json\nalive\n"), "attempts": 2})
     assert text(plain).endswith("Write package mirror sources")
+    raw = event("runner_retry", {"stdout": json.dumps(state) + "\r\n", "attempts": 2})
+    assert text(raw).endswith("Write package mirror sources")
+    assert poll.progress_of(json.dumps(state) + "\ngone\n")["finished"], "a pull whose pid is gone has ended"
+    assert poll.progress_of(json.dumps({**state, "finished": True}) + "\nalive\n")["finished"]
+    assert poll.progress_of("\ngone\n") == {"summary": "", "started": False, "finished": False, "progress": {}}
 
 
 def test_a_modules_summary_shows_its_details_indented_below_the_task() -> None:
