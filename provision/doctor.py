@@ -382,7 +382,7 @@ def examine(
     note: Callable[[str], None],
 ) -> Examination:
     """Read every host once (changing nothing), decide, and say which exit code the result deserves."""
-    from provision import events, inventory, runner
+    from provision import events, inventory, play, runner
 
     if limit is not None and not limit.strip():
         raise UsageError("--limit is empty; name hosts or groups, e.g. --limit lab1,lab2")
@@ -418,7 +418,7 @@ def examine(
         ended = f"not read: ansible-playbook ended with status {result.status} (rc={result.rc})"
         problem = problems.get(host, "" if got is not None else ended)
         reports.append(HostReport(host, wanted[host], got, problem, verdict))
-    code = runner.outcome(result)
+    code = play.outcome(result).code
     if code in (ExitCode.OK, ExitCode.UNREACHABLE, ExitCode.FAILED) and any(r.verdict.blocks for r in reports):
         code = ExitCode.FAILED
     return Examination(reports, code)

@@ -452,18 +452,3 @@ def _stat_fields(pid: int) -> list[str]:
         return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[-1].split()
     except OSError:
         return []
-
-
-def outcome(result: RunResult) -> ExitCode:
-    """Decide the exit code from the runner's status and the per-host stats, not from rc alone."""
-    if result.signal is not None:
-        return STOP_SIGNALS.get(signal.Signals(result.signal), ExitCode.INTERRUPTED)
-    if result.status == "canceled":
-        return ExitCode.INTERRUPTED
-    if any(s.failed for s in result.stats.values()):
-        return ExitCode.FAILED
-    if any(s.unreachable for s in result.stats.values()):
-        return ExitCode.UNREACHABLE
-    if result.status != "successful":
-        return ExitCode.FAILED
-    return ExitCode.OK

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import terminal as terminal_io
 
-from provision import paths, runner
+from provision import paths, play, runner
 from provision.errors import ExitCode
 from provision.runner import HostStats, RunRequest, RunResult, TaskEvent
 
@@ -102,7 +102,7 @@ def test_stats_from_playbook_on_stats_event() -> None:
     ],
 )
 def test_outcome(status: str, stats: dict[str, HostStats], expected: ExitCode) -> None:
-    assert runner.outcome(RunResult(status=status, rc=2, stats=stats, artifacts_dir=None)) is expected
+    assert play.outcome(RunResult(status=status, rc=2, stats=stats, artifacts_dir=None)).code is expected
 
 
 # ---- real runs ----------------------------------------------------------------------------------------
@@ -137,7 +137,7 @@ def test_real_run_private_dir_is_private_temporary_and_removed(project: Path, lo
 
     assert result.status == "successful"
     assert result.stats == {"local1": HostStats(ok=2, changed=1)}
-    assert runner.outcome(result) is ExitCode.OK
+    assert play.outcome(result).code is ExitCode.OK
     assert result.artifacts_dir is None
     artifact_dir, cache_dir, host_key_checking, who = report(seen)
     private_dir = Path(artifact_dir).parents[1]
@@ -175,11 +175,11 @@ def test_real_run_failed_and_unreachable_hosts(project: Path, write: Write) -> N
     both = run(project, inventory, tags=("fail",))
     assert both.stats["local1"].failed == 1
     assert both.stats["gone"].unreachable == 1
-    assert runner.outcome(both) is ExitCode.FAILED
+    assert play.outcome(both).code is ExitCode.FAILED
 
     only_unreachable = run(project, inventory, tags=("change",), limit="gone")
     assert only_unreachable.status == "failed"
-    assert runner.outcome(only_unreachable) is ExitCode.UNREACHABLE
+    assert play.outcome(only_unreachable).code is ExitCode.UNREACHABLE
 
 
 def test_what_a_role_wants_read_travels_as_data_in_the_result(write: Write, local_inventory: Path) -> None:
@@ -222,7 +222,7 @@ def test_ctrl_c_cancels_the_run_and_restores_the_handler(project: Path, local_in
     result = run(project, local_inventory, on_event, tags=("sleep",))
     assert time.monotonic() - started < 30, "the 60 s task must have been cut short"
     assert result.status == "canceled"
-    assert runner.outcome(result) is ExitCode.INTERRUPTED
+    assert play.outcome(result).code is ExitCode.INTERRUPTED
     assert signal.getsignal(signal.SIGINT) is before
     time.sleep(1)
     survivors = [
@@ -250,7 +250,7 @@ def test_sigterm_and_sighup_stop_the_run_like_ctrl_c(
 
     result = run(project, local_inventory, on_event, tags=("sleep",))
     assert result.status == "canceled" and result.signal == signum
-    assert runner.outcome(result) == code
+    assert play.outcome(result).code == code
     assert {s: signal.getsignal(s) for s in before} == before
     assert list((tmp_path / "tmp").glob("provision-*")) == [], "the private data dir must be removed"
     assert not _survivors(local_inventory), "processes of the stopped run are still running"
@@ -270,7 +270,7 @@ def test_an_ignored_signal_stays_ignored(project: Path, local_inventory: Path) -
     finally:
         signal.signal(signal.SIGHUP, previous)
     assert result.status == "successful" and result.signal is None
-    assert runner.outcome(result) is ExitCode.OK
+    assert play.outcome(result).code is ExitCode.OK
 
 
 @pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGHUP, 129)])
