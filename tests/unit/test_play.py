@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from local_play import PLAYBOOK
 
 from provision import paths, play
 from provision.errors import ExitCode, UsageError
@@ -14,20 +15,6 @@ from provision.runner import HostStats, RunRequest, RunResult
 from provision.weights import verify
 
 Write = Callable[[str, str], Path]
-
-PLAYBOOK = """\
-- name: Local play
-  hosts: all
-  gather_facts: false
-  tasks:
-    - name: Change something
-      ansible.builtin.command: "true"
-      changed_when: true
-    - name: Fail on purpose
-      ansible.builtin.fail:
-        msg: deliberately
-      tags: [never, fail]
-"""
 
 
 @pytest.fixture
@@ -48,7 +35,7 @@ def test_a_run_from_python_gets_lines_and_one_outcome_without_click(mixed: tuple
     code = (
         "import json, sys\nfrom pathlib import Path\nfrom provision import play, runner\nlines = []\n"
         f"request = runner.RunRequest(inventory=Path({str(inventory)!r}), project_dir=Path({str(project)!r}),"
-        " tags=('all', 'fail'))\n"
+        " tags=('fail',))\n"
         "outcome = play.run(request, progress=lines.append)\n"
         "print(json.dumps({'code': int(outcome.code), 'failed': outcome.failed, 'unreachable': outcome.unreachable,"
         " 'message': outcome.message, 'lines': [line.text for line in lines], 'click': 'click' in sys.modules}))\n"
@@ -60,7 +47,7 @@ def test_a_run_from_python_gets_lines_and_one_outcome_without_click(mixed: tuple
     assert (got["code"], got["failed"], got["unreachable"]) == (ExitCode.FAILED, ["local1"], ["gone"])
     assert got["message"] == "failed on local1; unreachable: gone"
     assert "  changed      local1  Change something" in got["lines"]
-    assert "  failed       local1  Fail on purpose: deliberately" in got["lines"]
+    assert "  failed       local1  Fail: deliberately" in got["lines"]
 
 
 def test_bad_requests_stop_before_anything_runs(mixed: tuple[Path, Path]) -> None:
