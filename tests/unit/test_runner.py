@@ -4,6 +4,7 @@ The real runs use `connection: local` against a throwaway project, so they need 
 (except the unreachable case, which connects to a closed port on 127.0.0.1).
 """
 
+import json
 import os
 import pty
 import secrets
@@ -150,7 +151,10 @@ def test_real_run_failed_and_unreachable_hosts(project: Path, write: Write) -> N
     assert play.outcome(only_unreachable).code is ExitCode.UNREACHABLE
 
 
-def test_what_a_role_wants_read_travels_as_data_in_the_result(write: Write, local_inventory: Path) -> None:
+@pytest.mark.parametrize("strategy", runner.STRATEGIES)
+def test_what_a_role_wants_read_travels_as_data_in_the_result(
+    write: Write, local_inventory: Path, strategy: str
+) -> None:
     """fail_with_details (playbooks/action_plugins) puts the details and the stage beside the msg, as the
     inference, live_config and ssh roles use it; events shows the details below the failure line."""
     from provision import events
@@ -163,7 +167,7 @@ def test_what_a_role_wants_read_travels_as_data_in_the_result(write: Write, loca
     ).parent
     (project / "action_plugins").symlink_to(paths.PLAYBOOKS / "action_plugins")
     seen: list[TaskEvent] = []
-    result = run(project, local_inventory, seen.append)
+    result = run(project, local_inventory, seen.append, strategy=strategy)
     assert result.stats["local1"].failed == 1
     (failed,) = [e for e in seen if e.kind == "runner_on_failed"]
     assert failed.result.msg == "the unit did not start"
@@ -177,6 +181,28 @@ def test_what_a_role_wants_read_travels_as_data_in_the_result(write: Write, loca
         "      | ",
         "      | second",
     ]
+
+
+@pytest.mark.parametrize("strategy", runner.STRATEGIES)
+def test_the_weights_progress_poll_reads_the_file_on_the_host_under_each_strategy(
+    write: Write, local_inventory: Path, tmp_path: Path, strategy: str
+) -> None:
+    """The weights role's poll (its action plugin runs one shell line on the host): summary, started, finished."""
+    progress, never = tmp_path / "progress.json", tmp_path / "none.json"
+    progress.write_text(json.dumps({"pid": os.getpid(), "summary": "1.0 GiB of 2.0 GiB (50%)", "finished": False}))
+    project = write(
+        "poll/site.yml",
+        "- hosts: all\n  gather_facts: false\n  tasks:\n"
+        f"    - name: Show the download progress\n      weights_progress:\n        path: {progress}\n"
+        f"    - name: Poll a pull that never started\n      weights_progress:\n        path: {never}\n",
+    ).parent
+    (project / "action_plugins").symlink_to(paths.ROLES / "weights" / "action_plugins")
+    seen: list[TaskEvent] = []
+    result = run(project, local_inventory, seen.append, strategy=strategy)
+    assert result.stats["local1"].ok == 2, [e for e in seen if e.kind == "runner_on_failed"]
+    running, not_started = [e.result for e in seen if e.kind == "runner_on_ok"]
+    assert running.summary == "1.0 GiB of 2.0 GiB (50%)" and not running.changed
+    assert not_started.summary == ""
 
 
 def test_ctrl_c_cancels_the_run_and_restores_the_handler(project: Path, local_inventory: Path) -> None:
