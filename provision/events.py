@@ -33,7 +33,7 @@ _RESULT_STATUS = {
 
 @dataclass(frozen=True)
 class Line:
-    status: str  # ok, changed, failed, ignored, unreachable, skipped, polling, waiting, play
+    status: str  # ok, changed, failed, ignored, unreachable, skipped, polling, waiting, play; output (-v)
     text: str
 
     def __str__(self) -> str:
