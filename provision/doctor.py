@@ -382,15 +382,10 @@ def examine(
     note: Callable[[str], None],
 ) -> Examination:
     """Read every host once (changing nothing), decide, and say which exit code the result deserves."""
-    from provision import events, inventory, play, runner
+    from provision import events, play, runner
 
-    if limit is not None and not limit.strip():
-        raise UsageError("--limit is empty; name hosts or groups, e.g. --limit lab1,lab2")
-    inv = inventory.load_inventory(inventory_path)
-    if limit is not None:
-        inventory.check_limit(inv, limit)
-    hosts = list(inv.select(limit)) if limit else list(inv.hosts)
-    wanted = intents(inv, hosts, extravars)
+    inv, hosts = play.limited_inventory(inventory_path, limit)
+    wanted = intents(inv, list(hosts), extravars)
     readings: dict[str, dict[str, Any]] = {}
     problems: dict[str, str] = {}
 

@@ -11,11 +11,15 @@ import signal
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from provision import paths
 from provision.errors import ExitCode, UsageError
 from provision.events import Line
 from provision.runner import STOP_SIGNALS, HostStats, RunRequest, RunResult, TaskEvent
+
+if TYPE_CHECKING:
+    from provision.inventory import Inventory
 
 
 @dataclass(frozen=True)
@@ -45,15 +49,11 @@ def run(
     """
     from provision import argcheck, events, hostlock, inventory, runner
 
-    if request.limit is not None and not request.limit.strip():
-        raise UsageError("--limit is empty; name hosts or groups, e.g. --limit lab1,lab2")
     playbook = (request.project_dir or paths.PLAYBOOKS) / request.playbook
     if request.tags or request.skip_tags:  # the tags of the playbook's whole project (ours: SITE_PLAYBOOK's)
         known = inventory.known_tags(playbook if request.project_dir else paths.SITE_PLAYBOOK)
         inventory.check_tags(request.tags, request.skip_tags, known)
-    inv = inventory.load_inventory(request.inventory)  # the slow check (it runs ansible-inventory) goes last
-    if request.limit is not None:
-        inventory.check_limit(inv, request.limit)
+    inv, hosts = limited_inventory(request.inventory, request.limit)
     argcheck.preflight(inv, playbook, limit=request.limit, skip_tags=request.skip_tags, extravars=request.extravars)
     named = inventory.controller_env_names(inv, dict(request.extravars))
     request = replace(
@@ -72,11 +72,24 @@ def run(
 
     locks = {}
     if lock_hosts and not request.check:
-        for host in inv.select(request.limit) if request.limit else inv.hosts:
-            locks[host] = hostlock.address(host, inv.hostvars.get(host, {}))
+        locks = {host: hostlock.address(host, inv.hostvars.get(host, {})) for host in hosts}
     with hostlock.hold(locks, note=note):
         result = runner.run(request, on_event=show, note=note)
     return outcome(result)
+
+
+def limited_inventory(path: Path, limit: str | None) -> tuple["Inventory", tuple[str, ...]]:
+    """The inventory at `path` and the hosts `limit` selects (all without one); a limit that is empty or has a term
+    that selects nothing is a UsageError. Loading runs ansible-inventory: the slow check, so it comes last."""
+    from provision import inventory
+
+    if limit is not None and not limit.strip():
+        raise UsageError("--limit is empty; name hosts or groups, e.g. --limit lab1,lab2")
+    inv = inventory.load_inventory(path)
+    if limit is None:
+        return inv, tuple(inv.hosts)
+    inventory.check_limit(inv, limit)
+    return inv, tuple(inv.select(limit))
 
 
 def outcome(result: RunResult) -> PlayOutcome:
