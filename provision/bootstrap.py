@@ -14,7 +14,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -70,6 +70,25 @@ class BootstrapResult:
     @property
     def changed(self) -> bool:
         return bool(self.changes)
+
+
+def with_keys(request: BootstrapRequest, public_key: Path | None) -> BootstrapRequest:
+    """The request with the key to install: `public_key`, or the project's own (paths.PROJECT_KEY, made on first
+    use). The private key beside it, when there is one, goes into the inventory entry; paths become absolute."""
+    from provision import paths
+
+    private_key = None
+    if public_key is None:
+        private_key = ensure_project_key(paths.PROJECT_KEY.expanduser())
+        public_key = private_key.with_name(private_key.name + ".pub")
+    elif public_key.suffix == ".pub" and public_key.with_suffix("").exists():
+        private_key = public_key.with_suffix("")
+    return replace(
+        request,
+        public_key=read_public_key(public_key),
+        private_key=private_key.resolve() if private_key else None,
+        known_hosts=request.known_hosts.expanduser().resolve(),
+    )
 
 
 def parse_target(target: str) -> tuple[str, str]:

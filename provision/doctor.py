@@ -382,28 +382,20 @@ def examine(
     note: Callable[[str], None],
 ) -> Examination:
     """Read every host once (changing nothing), decide, and say which exit code the result deserves."""
-    from provision import events, inventory, runner
+    from provision import events, play, runner
 
-    if limit is not None and not limit.strip():
-        raise UsageError("--limit is empty; name hosts or groups, e.g. --limit lab1,lab2")
-    inv = inventory.load_inventory(inventory_path)
-    if limit is not None:
-        inventory.check_limit(inv, limit)
-    hosts = list(inv.select(limit)) if limit else list(inv.hosts)
-    wanted = intents(inv, hosts, extravars)
+    inv, hosts = play.limited_inventory(inventory_path, limit)
+    wanted = intents(inv, list(hosts), extravars)
     readings: dict[str, dict[str, Any]] = {}
     problems: dict[str, str] = {}
 
-    def collect(event: dict[str, Any]) -> None:
-        data = event.get("event_data") or {}
-        host, res = str(data.get("host") or ""), data.get("res") or {}
-        kind = event.get("event")
-        if kind == "runner_on_ok" and isinstance(res.get("readings"), dict):
-            readings[host] = res["readings"]
-        elif kind == "runner_on_failed":
-            problems[host] = f"could not be read: {events.failure_message(res)}"
-        elif kind == "runner_on_unreachable":
-            problems[host] = f"unreachable: {events.failure_message(res)}"
+    def collect(event: runner.TaskEvent) -> None:
+        if event.kind == "runner_on_ok" and event.result.readings is not None:
+            readings[event.host] = dict(event.result.readings)
+        elif event.kind == "runner_on_failed":
+            problems[event.host] = f"could not be read: {events.failure_message(event.result)}"
+        elif event.kind == "runner_on_unreachable":
+            problems[event.host] = f"unreachable: {events.failure_message(event.result)}"
 
     request = runner.RunRequest(
         inventory=inv.path,
@@ -421,7 +413,7 @@ def examine(
         ended = f"not read: ansible-playbook ended with status {result.status} (rc={result.rc})"
         problem = problems.get(host, "" if got is not None else ended)
         reports.append(HostReport(host, wanted[host], got, problem, verdict))
-    code = runner.outcome(result)
+    code = play.outcome(result).code
     if code in (ExitCode.OK, ExitCode.UNREACHABLE, ExitCode.FAILED) and any(r.verdict.blocks for r in reports):
         code = ExitCode.FAILED
     return Examination(reports, code)

@@ -71,6 +71,84 @@ class RunResult:
     signal: int | None = None  # the signal (SIGINT, SIGTERM, SIGHUP) that stopped the run, if one came
 
 
+@dataclass(frozen=True)
+class TaskResult:
+    """What a task's module returned, as far as provision reads it (Ansible's `res`, typed)."""
+
+    changed: bool = False
+    censored: bool = False  # no_log: the result's contents were withheld, and nothing else is known
+    msg: str = ""
+    stderr: str = ""
+    rc: int | None = None
+    # Our modules' own account of what they did: a first line, details on the lines below it.
+    summary: str = ""
+    # Lines a role wants shown below a failure (the container's or the unit's last log lines).
+    details: tuple[str, ...] = ()
+    # Which step of a guarded change failed, where a role says (the ssh role: guard, check, other).
+    stage: str = ""
+    # validate_argument_spec's errors, each naming its variable.
+    argument_errors: tuple[str, ...] = ()
+    item_label: str = ""  # a loop item's label
+    loop: bool = False  # the summary of a loop: each item had its own event
+    # Structured output of our own modules: weights_pull's per-model report, host_doctor's readings.
+    report: Mapping[str, Any] | None = None
+    readings: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class TaskEvent:
+    """One ansible-runner event, typed: what happened, on which host, in which task, with what result."""
+
+    kind: str  # ansible-runner's event name: runner_on_ok, runner_on_failed, runner_retry, playbook_on_play_start, ...
+    host: str = ""
+    task: str = ""
+    role: str = ""
+    play: str = ""  # the play's name (playbook_on_play_start)
+    ignore_errors: bool = False
+    stdout: str = ""  # ansible-playbook's own output for this event (what -v shows)
+    result: TaskResult = field(default_factory=TaskResult)
+
+
+def task_event(event: Mapping[str, Any]) -> TaskEvent:
+    """The typed form of an ansible-runner event dict."""
+    data: Mapping[str, Any] = event.get("event_data") or {}
+    return TaskEvent(
+        kind=str(event.get("event") or ""),
+        host=str(data.get("host") or ""),
+        task=str(data.get("task") or "").strip(),
+        role=str(data.get("role") or "").strip(),
+        play=str(data.get("name") or data.get("play") or ""),
+        ignore_errors=bool(data.get("ignore_errors")),
+        stdout=str(event.get("stdout") or ""),
+        result=task_result(data.get("res") or {}),
+    )
+
+
+def task_result(res: Mapping[str, Any]) -> TaskResult:
+    """The typed form of a module's result (`res`); a censored (no_log) one keeps only its status."""
+    if not isinstance(res, Mapping):
+        return TaskResult()
+    if "censored" in res:
+        return TaskResult(changed=bool(res.get("changed")), censored=True)
+    errors = res.get("argument_errors")
+    details = res.get("details")
+    rc = res.get("rc")
+    return TaskResult(
+        changed=bool(res.get("changed")),
+        msg=str(res.get("msg") or ""),
+        stderr=str(res.get("stderr") or ""),
+        rc=rc if isinstance(rc, int) else None,
+        summary=str(res.get("summary") or ""),
+        details=tuple(str(line) for line in details) if isinstance(details, list) else (),
+        stage=str(res.get("stage") or ""),
+        argument_errors=tuple(str(error) for error in errors) if isinstance(errors, list) else (),
+        item_label=str(res.get("_ansible_item_label", res.get("item", ""))),
+        loop=isinstance(res.get("results"), list),
+        report=res["report"] if isinstance(res.get("report"), Mapping) else None,
+        readings=res["readings"] if isinstance(res.get("readings"), Mapping) else None,
+    )
+
+
 # Signals that stop a run the way Ctrl-C does, and the exit code each gives (128 + the signal's number).
 STOP_SIGNALS = {
     signal.SIGINT: ExitCode.INTERRUPTED,
@@ -197,10 +275,10 @@ def stats_from_event(event_data: Mapping[str, Any]) -> dict[str, HostStats]:
 
 def run(
     request: RunRequest,
-    on_event: Callable[[dict[str, Any]], None],
+    on_event: Callable[[TaskEvent], None],
     note: Callable[[str], None] = lambda text: None,
 ) -> RunResult:
-    """Run the request's playbook; `on_event` sees every ansible-runner event, `note` gets lines for the user."""
+    """Run the request's playbook; `on_event` sees every ansible-runner event, typed; `note` gets lines for the user."""
     import ansible_runner.exceptions
     import ansible_runner.interface
 
@@ -214,7 +292,7 @@ def run(
             event = {**event, "stdout": "\n".join(kept).strip("\n")}
         if event.get("event") == "playbook_on_stats":
             stats = stats_from_event(event.get("event_data", {}))
-        on_event(event)
+        on_event(task_event(event))
         return True  # keep the event (ansible-runner writes it to the artifacts)
 
     env = envvars(request, note)
@@ -374,18 +452,3 @@ def _stat_fields(pid: int) -> list[str]:
         return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[-1].split()
     except OSError:
         return []
-
-
-def outcome(result: RunResult) -> ExitCode:
-    """Decide the exit code from the runner's status and the per-host stats, not from rc alone."""
-    if result.signal is not None:
-        return STOP_SIGNALS.get(signal.Signals(result.signal), ExitCode.INTERRUPTED)
-    if result.status == "canceled":
-        return ExitCode.INTERRUPTED
-    if any(s.failed for s in result.stats.values()):
-        return ExitCode.FAILED
-    if any(s.unreachable for s in result.stats.values()):
-        return ExitCode.UNREACHABLE
-    if result.status != "successful":
-        return ExitCode.FAILED
-    return ExitCode.OK

@@ -12,6 +12,7 @@ ruff check .
 ruff format --check .
 yamllint --strict .
 ansible-lint -q
+mypy
 echo "== tests"
 # Each provision call of the integration tests, timed (the slowest are listed at the end).
 export PROVISION_TEST_TIMINGS="${PROVISION_TEST_TIMINGS:-$(mktemp -t provision-timings.XXXXXX)}"

@@ -12,9 +12,10 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
+import provision
 from provision import cli, paths
 
-PACKAGE = Path(cli.__file__).parent
+PACKAGE = Path(provision.__file__).parent
 HEAVY = ("ansible", "ansible_runner", "jinja2", "paramiko")
 
 
@@ -89,6 +90,21 @@ def test_help_stays_light() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=paths.ROOT, check=True)
     assert result.stderr.strip() == "[]"
+
+
+def test_the_library_never_imports_click() -> None:
+    """The CLI (provision/cli/) translates flags into library calls; everything else runs without Click."""
+    importers = {
+        path.relative_to(PACKAGE).as_posix()
+        for path in PACKAGE.rglob("*.py")
+        if re.search(r"^\s*(from|import) click\b", path.read_text(encoding="utf-8"), re.MULTILINE)
+    }
+    assert importers and all(name.startswith("cli/") for name in importers), importers
+    outside = ("provision.__main__", "provision.cli")  # the entry points; smoke/ is a pytest suite of its own
+    library = [m for m in MODULES if m not in outside and not m.startswith(("provision.cli.", "provision.smoke."))]
+    code = f"import sys\nfor m in {library!r}: __import__(m)\nprint('click' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=paths.ROOT, check=True)
+    assert result.stdout.strip() == "False", "importing the library pulled in click"
 
 
 def test_only_argcheck_imports_ansibles_python() -> None:

@@ -253,7 +253,7 @@ def test_a_template_left_to_the_run_is_named_when_the_role_checks_it(project: Pa
     assert argcheck.check(load_inventory(local_inventory), project) == []
     failures: list[str] = []
 
-    def collect(event: dict[str, Any]) -> None:
+    def collect(event: runner.TaskEvent) -> None:
         line = events.event_line(event)
         if line is not None and line.status == "failed":
             failures.append(line.text)

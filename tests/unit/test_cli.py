@@ -14,7 +14,7 @@ import pytest
 
 from provision import paths, runner
 from provision.errors import ExitCode
-from provision.runner import HostStats, RunRequest, RunResult
+from provision.runner import HostStats, RunRequest, RunResult, TaskEvent, task_event
 
 Write = Callable[[str, str], Path]
 
@@ -27,12 +27,12 @@ class RunnerStub:
     def __call__(
         self,
         request: RunRequest,
-        on_event: Callable[[dict[str, Any]], None],
+        on_event: Callable[[TaskEvent], None],
         note: Callable[[str], None] | None = None,
     ) -> RunResult:
         self.requests.append(request)
-        on_event({"event": "playbook_on_play_start", "event_data": {"name": "Prepare the base system"}})
-        on_event({"event": "runner_on_ok", "event_data": {"host": "local1", "task": "Do", "res": {}}})
+        on_event(task_event({"event": "playbook_on_play_start", "event_data": {"name": "Prepare the base system"}}))
+        on_event(task_event({"event": "runner_on_ok", "event_data": {"host": "local1", "task": "Do", "res": {}}}))
         return self.result
 
 
@@ -301,7 +301,7 @@ class PytestStub:
 @pytest.fixture
 def pytest_stub(monkeypatch: pytest.MonkeyPatch) -> PytestStub:
     fake = PytestStub()
-    monkeypatch.setattr("provision.cli._run_pytest", fake)
+    monkeypatch.setattr("provision.cli.smoke._run_pytest", fake)
     return fake
 
 
@@ -361,7 +361,7 @@ def test_lab_commands_call_the_lab_api(run_cli: Any, monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(lab, "status", lambda: [lab.LabHostStatus("lab1", 2201, None, False)])
     monkeypatch.setattr(lab, "down", lambda log: ["lab1"])
     monkeypatch.setattr(lab, "ssh_argv", lambda name, command: ["true", name, *command])
-    monkeypatch.setattr("provision.cli.os.execvp", lambda file, argv: calls.setdefault("exec", argv))
+    monkeypatch.setattr("provision.cli.lab.os.execvp", lambda file, argv: calls.setdefault("exec", argv))
 
     out = tmp_path / "lab.yml"
     result = run_cli("lab", "up", "--hosts", "3", "--no-mirror", "--inventory-out", str(out))

@@ -3,18 +3,21 @@
 import json
 from typing import Any
 
-from provision import events
-from provision.runner import HostStats
+import library_modules
+
+from provision import events, paths
+from provision.runner import HostStats, TaskEvent, task_event
 
 
-def event(kind: str, res: dict[str, Any] | None = None, **data: Any) -> dict[str, Any]:
+def event(kind: str, res: dict[str, Any] | None = None, **data: Any) -> TaskEvent:
+    """The typed event runner.run hands on for this ansible-runner event."""
     event_data = {"host": "lab1", "task": "Write package mirror sources", "role": "base", **data}
     if res is not None:
         event_data["res"] = res
-    return {"event": kind, "event_data": event_data}
+    return task_event({"event": kind, "event_data": event_data})
 
 
-def text(ev: dict[str, Any], width: int = 4) -> str:
+def text(ev: TaskEvent, width: int = 4) -> str:
     line = events.event_line(ev, width)
     assert line is not None
     return line.text
@@ -50,12 +53,17 @@ def test_a_failed_argument_check_names_the_variables_on_its_line() -> None:
     )
 
 
-def test_failed_shows_details_after_a_separator_line_indented() -> None:
-    ev = event("runner_on_failed", {"msg": "deploy failed\nrolled back\n---\nlog line 1\nlog line 2"})
+def test_failed_shows_its_details_indented() -> None:
+    """A role's `details` (fail_with_details) are lines below the failure; a `---` in a msg is nothing special."""
+    ev = event("runner_on_failed", {"msg": "deploy failed", "details": ["log line 1", "log line 2"]})
     assert text(ev) == (
         "  failed       lab1  base : Write package mirror sources: deploy failed"
         "\n      | log line 1\n      | log line 2"
     )
+    conventional = event("runner_on_failed", {"msg": "deploy failed\nrolled back\n---\nlog line 1\nlog line 2"})
+    assert text(conventional) == "  failed       lab1  base : Write package mirror sources: deploy failed"
+    many = event("runner_on_failed", {"msg": "deploy failed", "details": [f"line {n}" for n in range(150)]})
+    assert text(many).splitlines()[1:] == [f"      | line {n}" for n in range(50, 150)]
 
 
 def test_failed_command_shows_stderr_instead_of_generic_msg() -> None:
@@ -89,12 +97,22 @@ def test_a_retry_shows_the_modules_progress_line() -> None:
     )
 
 
-def test_a_raw_poll_shows_the_summary_of_the_progress_file_it_printed() -> None:
-    state = {"done": 1, "total": 2, "summary": "1.0 GiB of 2.0 GiB (50%), 0/1 files, 20.0 MiB/s, ETA 51s"}
-    ev = event("runner_retry", {"stdout": json.dumps(state) + "\r\npull: running\r\n", "attempts": 2})
+def test_the_weights_progress_poll_shows_the_summary_of_the_progress_file_it_read() -> None:
+    """The weights role's poll (action_plugins/weights_progress.py) reads the file on the host and says its summary
+    as data; a raw command's output is never parsed here."""
+    poll = library_modules.load(paths.ROLES / "weights/action_plugins/weights_progress.py")
+    state = {"pid": 7, "done": 1, "total": 2, "summary": "1.0 GiB of 2.0 GiB (50%), 0/1 files, 20.0 MiB/s, ETA 51s"}
+    running = poll.progress_of(json.dumps(state) + "\r\nalive\r\n")
+    assert (running["started"], running["finished"]) == (True, False)
+    ev = event("runner_retry", {**running, "attempts": 2})
     assert text(ev).endswith("Write package mirror sources: 1.0 GiB of 2.0 GiB (50%), 0/1 files, 20.0 MiB/s, ETA 51s")
-    plain = event("runner_retry", {"stdout": "not json\n", "attempts": 2})
+    plain = event("runner_retry", {**poll.progress_of("not json\nalive\n"), "attempts": 2})
     assert text(plain).endswith("Write package mirror sources")
+    raw = event("runner_retry", {"stdout": json.dumps(state) + "\r\n", "attempts": 2})
+    assert text(raw).endswith("Write package mirror sources")
+    assert poll.progress_of(json.dumps(state) + "\ngone\n")["finished"], "a pull whose pid is gone has ended"
+    assert poll.progress_of(json.dumps({**state, "finished": True}) + "\nalive\n")["finished"]
+    assert poll.progress_of("\ngone\n") == {"summary": "", "started": False, "finished": False, "progress": {}}
 
 
 def test_a_modules_summary_shows_its_details_indented_below_the_task() -> None:
@@ -128,13 +146,13 @@ def test_loop_items_show_their_label_and_the_summary_is_not_repeated() -> None:
 def test_async_poll_and_play_start() -> None:
     assert text(event("runner_on_async_poll", {"started": 1, "finished": 0})).startswith("  polling      lab1")
     assert events.event_line(event("runner_on_async_ok", {"changed": True})) is None
-    play = {"event": "playbook_on_play_start", "event_data": {"name": "Prepare the base system"}}
+    play = task_event({"event": "playbook_on_play_start", "event_data": {"name": "Prepare the base system"}})
     assert events.event_line(play) == events.Line("play", "PLAY Prepare the base system")
 
 
 def test_other_events_are_not_shown() -> None:
     for kind in ("runner_on_start", "playbook_on_task_start", "verbose", "playbook_on_stats", None):
-        assert events.event_line({"event": kind, "event_data": {}}) is None
+        assert events.event_line(task_event({"event": kind, "event_data": {}})) is None
 
 
 def test_recap() -> None:

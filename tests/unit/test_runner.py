@@ -4,6 +4,7 @@ The real runs use `connection: local` against a throwaway project, so they need 
 (except the unreachable case, which connects to a closed port on 127.0.0.1).
 """
 
+import json
 import os
 import pty
 import secrets
@@ -19,45 +20,13 @@ from typing import Any
 
 import pytest
 import terminal as terminal_io
+from local_play import PLAYBOOK
 
-from provision import paths, runner
+from provision import paths, play, runner
 from provision.errors import ExitCode
-from provision.runner import HostStats, RunRequest, RunResult
+from provision.runner import HostStats, RunRequest, RunResult, TaskEvent
 
 Write = Callable[[str, str], Path]
-
-PLAYBOOK = """\
-- name: Local play
-  hosts: all
-  gather_facts: false
-  tasks:
-    - name: Report the environment
-      ansible.builtin.debug:
-        msg: "{{ lookup('env', 'AWX_ISOLATED_DATA_DIR') }}\
-|{{ lookup('env', 'ANSIBLE_CACHE_PLUGIN_CONNECTION') }}\
-|{{ lookup('env', 'ANSIBLE_HOST_KEY_CHECKING') }}|{{ who | default('nobody') }}"
-      tags: [report]
-    - name: Change something
-      ansible.builtin.command: "true"
-      changed_when: true
-      tags: [change, fail]
-    - name: Fail
-      ansible.builtin.fail:
-        msg: deliberately
-      tags: [never, fail]
-    - name: Sleep
-      ansible.builtin.command: sleep 60
-      changed_when: false
-      tags: [never, sleep]
-    - name: Gather the minimal facts
-      ansible.builtin.setup:
-        gather_subset: ["!all", "min"]
-      tags: [never, facts]
-    - name: Report what the environment passes on
-      ansible.builtin.debug:
-        msg: "{{ lookup('env', 'SSH_AUTH_SOCK') }}|{{ lookup('env', 'PROVISION_TEST_TOKEN') | length }}"
-      tags: [never, env]
-"""
 
 
 def test_cmdline_from_request() -> None:
@@ -102,7 +71,7 @@ def test_stats_from_playbook_on_stats_event() -> None:
     ],
 )
 def test_outcome(status: str, stats: dict[str, HostStats], expected: ExitCode) -> None:
-    assert runner.outcome(RunResult(status=status, rc=2, stats=stats, artifacts_dir=None)) is expected
+    assert play.outcome(RunResult(status=status, rc=2, stats=stats, artifacts_dir=None)).code is expected
 
 
 # ---- real runs ----------------------------------------------------------------------------------------
@@ -113,27 +82,23 @@ def project(write: Write) -> Path:
     return write("project/site.yml", PLAYBOOK).parent
 
 
-def run(project: Path, inventory: Path, on_event: Callable[[dict[str, Any]], None] | None = None, **kw: Any):
+def run(project: Path, inventory: Path, on_event: Callable[[TaskEvent], None] | None = None, **kw: Any):
     request = RunRequest(inventory=inventory, project_dir=project, **kw)
     return runner.run(request, on_event or (lambda event: None))
 
 
-def report(events: list[dict[str, Any]]) -> list[str]:
-    (message,) = [
-        e["event_data"]["res"]["msg"]
-        for e in events
-        if e["event"] == "runner_on_ok" and e["event_data"]["task"] == "Report the environment"
-    ]
+def report(events: list[TaskEvent]) -> list[str]:
+    (message,) = [e.result.msg for e in events if e.kind == "runner_on_ok" and e.task == "Report the environment"]
     return message.split("|")
 
 
 def test_real_run_private_dir_is_private_temporary_and_removed(project: Path, local_inventory: Path) -> None:
-    seen: list[dict[str, Any]] = []
+    seen: list[TaskEvent] = []
     modes: list[int] = []
 
-    def on_event(event: dict[str, Any]) -> None:
+    def on_event(event: TaskEvent) -> None:
         seen.append(event)
-        if event["event"] == "runner_on_ok" and not modes:
+        if event.kind == "runner_on_ok" and not modes:
             artifact_dir = Path(report([event])[0])
             modes.append(artifact_dir.parents[1].stat().st_mode & 0o777)
 
@@ -141,7 +106,7 @@ def test_real_run_private_dir_is_private_temporary_and_removed(project: Path, lo
 
     assert result.status == "successful"
     assert result.stats == {"local1": HostStats(ok=2, changed=1)}
-    assert runner.outcome(result) is ExitCode.OK
+    assert play.outcome(result).code is ExitCode.OK
     assert result.artifacts_dir is None
     artifact_dir, cache_dir, host_key_checking, who = report(seen)
     private_dir = Path(artifact_dir).parents[1]
@@ -179,25 +144,79 @@ def test_real_run_failed_and_unreachable_hosts(project: Path, write: Write) -> N
     both = run(project, inventory, tags=("fail",))
     assert both.stats["local1"].failed == 1
     assert both.stats["gone"].unreachable == 1
-    assert runner.outcome(both) is ExitCode.FAILED
+    assert play.outcome(both).code is ExitCode.FAILED
 
     only_unreachable = run(project, inventory, tags=("change",), limit="gone")
     assert only_unreachable.status == "failed"
-    assert runner.outcome(only_unreachable) is ExitCode.UNREACHABLE
+    assert play.outcome(only_unreachable).code is ExitCode.UNREACHABLE
+
+
+@pytest.mark.parametrize("strategy", runner.STRATEGIES)
+def test_what_a_role_wants_read_travels_as_data_in_the_result(
+    write: Write, local_inventory: Path, strategy: str
+) -> None:
+    """fail_with_details (playbooks/action_plugins) puts the details and the stage beside the msg, as the
+    inference, live_config and ssh roles use it; events shows the details below the failure line."""
+    from provision import events
+
+    project = write(
+        "details/site.yml",
+        "- hosts: all\n  gather_facts: false\n  tasks:\n    - name: Give up\n      fail_with_details:\n"
+        "        msg: the unit did not start\n        stage: guard\n"
+        "        details: \"{{ ['--- last lines ---', 'first', '', 'second'] }}\"\n",
+    ).parent
+    (project / "action_plugins").symlink_to(paths.PLAYBOOKS / "action_plugins")
+    seen: list[TaskEvent] = []
+    result = run(project, local_inventory, seen.append, strategy=strategy)
+    assert result.stats["local1"].failed == 1
+    (failed,) = [e for e in seen if e.kind == "runner_on_failed"]
+    assert failed.result.msg == "the unit did not start"
+    assert failed.result.details == ("--- last lines ---", "first", "", "second")
+    assert failed.result.stage == "guard"
+    line = events.event_line(failed)
+    assert line is not None and line.text.splitlines() == [
+        "  failed       local1  Give up: the unit did not start",
+        "      | --- last lines ---",
+        "      | first",
+        "      | ",
+        "      | second",
+    ]
+
+
+@pytest.mark.parametrize("strategy", runner.STRATEGIES)
+def test_the_weights_progress_poll_reads_the_file_on_the_host_under_each_strategy(
+    write: Write, local_inventory: Path, tmp_path: Path, strategy: str
+) -> None:
+    """The weights role's poll (its action plugin runs one shell line on the host): summary, started, finished."""
+    progress, never = tmp_path / "progress.json", tmp_path / "none.json"
+    progress.write_text(json.dumps({"pid": os.getpid(), "summary": "1.0 GiB of 2.0 GiB (50%)", "finished": False}))
+    project = write(
+        "poll/site.yml",
+        "- hosts: all\n  gather_facts: false\n  tasks:\n"
+        f"    - name: Show the download progress\n      weights_progress:\n        path: {progress}\n"
+        f"    - name: Poll a pull that never started\n      weights_progress:\n        path: {never}\n",
+    ).parent
+    (project / "action_plugins").symlink_to(paths.ROLES / "weights" / "action_plugins")
+    seen: list[TaskEvent] = []
+    result = run(project, local_inventory, seen.append, strategy=strategy)
+    assert result.stats["local1"].ok == 2, [e for e in seen if e.kind == "runner_on_failed"]
+    running, not_started = [e.result for e in seen if e.kind == "runner_on_ok"]
+    assert running.summary == "1.0 GiB of 2.0 GiB (50%)" and not running.changed
+    assert not_started.summary == ""
 
 
 def test_ctrl_c_cancels_the_run_and_restores_the_handler(project: Path, local_inventory: Path) -> None:
     before = signal.getsignal(signal.SIGINT)
 
-    def on_event(event: dict[str, Any]) -> None:
-        if event["event"] == "runner_on_start" and event["event_data"].get("task") == "Sleep":
+    def on_event(event: TaskEvent) -> None:
+        if event.kind == "runner_on_start" and event.task == "Sleep":
             os.kill(os.getpid(), signal.SIGINT)
 
     started = time.monotonic()
     result = run(project, local_inventory, on_event, tags=("sleep",))
     assert time.monotonic() - started < 30, "the 60 s task must have been cut short"
     assert result.status == "canceled"
-    assert runner.outcome(result) is ExitCode.INTERRUPTED
+    assert play.outcome(result).code is ExitCode.INTERRUPTED
     assert signal.getsignal(signal.SIGINT) is before
     time.sleep(1)
     survivors = [
@@ -219,13 +238,13 @@ def test_sigterm_and_sighup_stop_the_run_like_ctrl_c(
     (tmp_path / "tmp").mkdir()
     before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
 
-    def on_event(event: dict[str, Any]) -> None:
-        if event["event"] == "runner_on_start" and event["event_data"].get("task") == "Sleep":
+    def on_event(event: TaskEvent) -> None:
+        if event.kind == "runner_on_start" and event.task == "Sleep":
             os.kill(os.getpid(), signum)
 
     result = run(project, local_inventory, on_event, tags=("sleep",))
     assert result.status == "canceled" and result.signal == signum
-    assert runner.outcome(result) == code
+    assert play.outcome(result).code == code
     assert {s: signal.getsignal(s) for s in before} == before
     assert list((tmp_path / "tmp").glob("provision-*")) == [], "the private data dir must be removed"
     assert not _survivors(local_inventory), "processes of the stopped run are still running"
@@ -234,8 +253,8 @@ def test_sigterm_and_sighup_stop_the_run_like_ctrl_c(
 def test_an_ignored_signal_stays_ignored(project: Path, local_inventory: Path) -> None:
     """nohup ignores SIGHUP so that a run outlives its terminal: the run must not install a handler over that."""
 
-    def on_event(event: dict[str, Any]) -> None:
-        if event["event"] == "runner_on_start":
+    def on_event(event: TaskEvent) -> None:
+        if event.kind == "runner_on_start":
             os.kill(os.getpid(), signal.SIGHUP)
 
     previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
@@ -245,7 +264,7 @@ def test_an_ignored_signal_stays_ignored(project: Path, local_inventory: Path) -
     finally:
         signal.signal(signal.SIGHUP, previous)
     assert result.status == "successful" and result.signal is None
-    assert runner.outcome(result) is ExitCode.OK
+    assert play.outcome(result).code is ExitCode.OK
 
 
 @pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGHUP, 129)])
@@ -305,7 +324,7 @@ def test_only_the_allowed_environment_reaches_ansible_and_the_kept_artifacts(
     monkeypatch.setenv("SOME_SERVICE_TOKEN", canary)
     monkeypatch.setenv("SSH_AUTH_SOCK", agent)  # on the allow-list: ssh needs it
     monkeypatch.setenv("PROVISION_TEST_TOKEN", token)  # named by the run (as weights_token_env names one)
-    seen: list[dict[str, Any]] = []
+    seen: list[TaskEvent] = []
     result = run(
         project,
         local_inventory,
@@ -317,7 +336,7 @@ def test_only_the_allowed_environment_reaches_ansible_and_the_kept_artifacts(
     assert result.artifacts_dir is not None
     try:
         assert result.status == "successful"
-        (message,) = [e["event_data"]["res"]["msg"] for e in seen if e["event"] == "runner_on_ok"]
+        (message,) = [e.result.msg for e in seen if e.kind == "runner_on_ok"]
         assert message == f"{agent}|{len(token)}", "an allowed or named variable did not reach the play"
         files = [p for p in result.artifacts_dir.rglob("*") if p.is_file()]
         assert any(agent.encode() in p.read_bytes() for p in files), "the recorded environment was not searched"
