@@ -37,6 +37,7 @@ class Renderable:
 class RenderedFile:
     name: str
     text: str
+    template: Path  # the template file it was rendered from
 
 
 def _replica_units(variables: "HostVars") -> list[tuple[str, Vars]]:
@@ -71,8 +72,9 @@ def render_host(inventory: Inventory, host: str, out_dir: Path | None = None) ->
             continue
         for name, overrides in item.instances(variables):
             instance = HostVars(inventory, host, overrides)
-            text = instance.render_file(Path(instance[item.source_var]), str(instance[item.template_var]))
-            rendered.append(RenderedFile(name=name, text=text))
+            source = Path(instance[item.source_var])
+            text = instance.render_file(source, str(instance[item.template_var]))
+            rendered.append(RenderedFile(name=name, text=text, template=source))
     if out_dir is not None:
         for file in rendered:
             paths.write_text(out_dir / file.name, file.text, "--out", parents=True)
