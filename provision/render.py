@@ -11,7 +11,6 @@ This module and argcheck are the only ones that import Ansible's Python, inside 
 """
 
 import os
-import sys
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import cache
@@ -253,12 +252,23 @@ def _templar(variables: Vars) -> Any:
 
 @cache
 def _load_ansible() -> None:
-    """Ansible as a run sees it: the project's ansible.cfg (read once, on import) and every plugin and collection."""
-    if "ansible.constants" not in sys.modules and paths.ANSIBLE_CFG.is_file():
-        os.environ["ANSIBLE_CONFIG"] = str(paths.ANSIBLE_CFG)  # what tools.ansible_env() gives every run
-    from ansible.plugins.loader import init_plugin_loader
+    """Ansible as a run sees it: the project's ansible.cfg (read once, on import) and every plugin and collection.
 
-    init_plugin_loader()
+    ANSIBLE_CONFIG is what tools.ansible_env() gives every run, set only while Ansible reads its settings.
+    """
+    saved = os.environ.get("ANSIBLE_CONFIG")
+    if paths.ANSIBLE_CFG.is_file():
+        os.environ["ANSIBLE_CONFIG"] = str(paths.ANSIBLE_CFG)
+    try:
+        import ansible.constants  # noqa: F401  (reads the settings)
+        from ansible.plugins.loader import init_plugin_loader
+
+        init_plugin_loader()
+    finally:
+        if saved is None:
+            os.environ.pop("ANSIBLE_CONFIG", None)
+        else:
+            os.environ["ANSIBLE_CONFIG"] = saved
 
 
 def _trusted(node: Any) -> Any:
