@@ -154,8 +154,11 @@ class Variables(Mapping[str, Any]):
             ) from None
         except (OSError, UnicodeDecodeError) as exc:
             raise UsageError(f"template {shown_as}: cannot read {paths.display(source)} ({exc})") from exc
+        # As the module: its template_* variables over the task's, and ansible_managed unless the user set it.
         template_vars = generate_ansible_template_vars(path=shown_as, fullpath=str(source))
-        variables = {**template_vars, **_trusted(self.raw)}
+        if "ansible_managed" in self.raw:
+            del template_vars["ansible_managed"]
+        variables = {**_trusted(self.raw), **template_vars}
         templar = self._templar.copy_with_new_env(searchpath=[str(source.parent)], available_variables=variables)
         try:
             result = templar.template(trust_as_template(text), escape_backslashes=False, overrides=TEMPLATE_MODULE)
