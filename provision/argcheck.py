@@ -12,7 +12,8 @@ A Jinja template or a vault-encrypted value is not checked here: resolving it ma
 a list or mapping, a stand-in of the type its spec wants takes its place, so the rest is checked). The on-host
 check still covers it, and events.py names the variable when that check fails.
 
-This is the only module that imports ansible (its light module_utils), inside the function that needs it.
+Besides render (Ansible's Templar), this is the only module that imports ansible (its light module_utils), inside
+the function that needs it.
 """
 
 import json

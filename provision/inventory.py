@@ -110,7 +110,7 @@ def _split_pattern(pattern: str) -> list[str]:
 
 def load_inventory(path: Path | str) -> Inventory:
     """Validate an inventory file or directory and return its hosts with their merged variables."""
-    path = Path(path)
+    path = paths.example(Path(path))
     if not path.exists():
         raise UsageError(f"inventory {paths.display(path)}: no such file or directory")
     for data_file in _data_files(path):
@@ -257,7 +257,7 @@ def known_tags(playbook: Path) -> frozenset[str]:
     if not playbook.is_file():
         raise EnvironmentProblem(
             f"playbook {paths.display(playbook)} not found; "
-            "run provision from its repository checkout or set PROVISION_HOME"
+            "reinstall provision (its package carries the playbooks) or set PROVISION_HOME to a checkout"
         )
     tags: set[str] = set(SPECIAL_TAGS)
     for yml in sorted(playbook.parent.rglob("*")):

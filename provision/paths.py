@@ -1,7 +1,8 @@
-"""Where the project's data lives.
+"""Where the project's data lives: the playbooks, templates and example inventories.
 
-The package is installed editable from the repository, so the playbooks, templates and inventories sit
-next to the package directory. PROVISION_HOME points somewhere else (a checkout, a test tree).
+PROVISION_HOME, when set, names it (a checkout, a test tree). Otherwise an installed wheel (pip install, pipx)
+carries them inside the package, in provision/_data/ (setup.py copies them there), and an editable install
+(scripts/setup.sh) uses the repository checkout the package directory sits in.
 """
 
 import os
@@ -9,21 +10,34 @@ from pathlib import Path
 
 from provision.errors import UsageError
 
+PACKAGE = Path(__file__).resolve().parent
 
-def _root() -> Path:
+
+def root(package: Path = PACKAGE) -> Path:
+    """PROVISION_HOME, else the copy a wheel installed next to the package, else the checkout around it."""
     override = os.environ.get("PROVISION_HOME")
     if override:
         return Path(override).expanduser().resolve()
-    return Path(__file__).resolve().parent.parent
+    installed = package / "_data"
+    return installed if (installed / "playbooks").is_dir() else package.parent
 
 
-ROOT = _root()
+ROOT = root()
 PLAYBOOKS = ROOT / "playbooks"
 TEMPLATES = ROOT / "templates"
 INVENTORIES = ROOT / "inventories"
 ANSIBLE_CFG = PLAYBOOKS / "ansible.cfg"
 SITE_PLAYBOOK = PLAYBOOKS / "site.yml"
 ROLES = PLAYBOOKS / "roles"
+
+
+def example(path: Path) -> Path:
+    """A relative path under inventories/ that names nothing here: the example inventory that came with provision
+    (inventories/gcp, ...), so the README's commands work from any directory. Any other path as it is."""
+    if path.is_absolute() or path.parts[:1] != ("inventories",) or path.exists():
+        return path
+    bundled = ROOT / path
+    return bundled if bundled.exists() else path
 
 
 def display(path: Path | str) -> str:

@@ -1,26 +1,25 @@
-"""Render the project's templates for one inventory host, exactly as Ansible's template module would.
+"""Render the project's templates for one inventory host with Ansible's own templating, as its template module does.
 
-This is the only module that imports jinja2, and it does so inside the functions that need it. Variables
-for a host are every role's defaults (lowest precedence), then the host's variables from the inventory
-(which already merge group_vars and host_vars), then the roles' internal vars, then inventory_hostname and
-what a task sets (each replica's unit name and port). Like the roles, it renders the inference units only for
-hosts of the group serving.yml runs the inference role on, and nginx.conf only for the gateway group's hosts.
+Variables for a host are every role's defaults (lowest precedence), then the host's variables from the inventory
+(which already merge group_vars and host_vars), then the roles' internal vars, then Ansible's magic variables
+(inventory_hostname, groups, hostvars, playbook_dir) and what a task sets (each replica's unit name and port).
+Ansible's Templar templates them lazily and renders the file with the template module's settings, filters and
+lookups. Like the roles, it renders the inference units only for hosts of the group serving.yml runs the
+inference role on, and nginx.conf only for the gateway group's hosts.
+
+This module and argcheck are the only ones that import Ansible's Python, inside the functions that need it.
 """
 
-import json
-import re
-import shlex
+import os
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from provision import argcheck, paths
 from provision.errors import UsageError
 from provision.inventory import Inventory
-
-if TYPE_CHECKING:
-    import jinja2
 
 Vars = Mapping[str, Any]
 
@@ -28,6 +27,7 @@ Vars = Mapping[str, Any]
 @dataclass(frozen=True)
 class Renderable:
     template_var: str  # the role variable holding the template's path, so a user's override wins
+    source_var: str  # the role's internal variable that turns it into the file the template task reads
     role: str  # the role that writes the file: playbooks/serving.yml says on which hosts it runs
     instances: Callable[["HostVars"], list[tuple[str, Vars]]]  # (file name, the variables the role sets for it)
 
@@ -36,6 +36,7 @@ class Renderable:
 class RenderedFile:
     name: str
     text: str
+    template: Path  # the template file it was rendered from
 
 
 def _replica_units(variables: "HostVars") -> list[tuple[str, Vars]]:
@@ -47,8 +48,8 @@ def _replica_units(variables: "HostVars") -> list[tuple[str, Vars]]:
 
 
 RENDERABLE: tuple[Renderable, ...] = (
-    Renderable(template_var="inference_unit_template", role="inference", instances=_replica_units),
-    Renderable(template_var="nginx_conf_template", role="nginx", instances=lambda v: [("nginx.conf", {})]),
+    Renderable("inference_unit_template", "__inference_unit_src", role="inference", instances=_replica_units),
+    Renderable("nginx_conf_template", "__nginx_conf_src", role="nginx", instances=lambda v: [("nginx.conf", {})]),
 )
 SERVING_PLAYBOOK = "serving.yml"
 
@@ -70,7 +71,9 @@ def render_host(inventory: Inventory, host: str, out_dir: Path | None = None) ->
             continue
         for name, overrides in item.instances(variables):
             instance = HostVars(inventory, host, overrides)
-            rendered.append(RenderedFile(name=name, text=_render(instance, str(instance[item.template_var]))))
+            source = Path(instance[item.source_var])
+            text = instance.render_file(source, str(instance[item.template_var]))
+            rendered.append(RenderedFile(name=name, text=text, template=source))
     if out_dir is not None:
         for file in rendered:
             paths.write_text(out_dir / file.name, file.text, "--out", parents=True)
@@ -104,37 +107,20 @@ def _every_role(read: Callable[[Path], dict[str, Any]], folder: str) -> dict[str
     return merged
 
 
-class HostVars(Mapping[str, Any]):
-    """A host's variables, templated on first use like Ansible's ("/etc/{{ inference_name }}.env").
+class Variables(Mapping[str, Any]):
+    """Variables as Ansible's Templar sees them: each templated on first use, with Ansible's filters and lookups.
 
     Resolving lazily means a variable nobody renders may refer to things only a live run has (facts).
     """
 
-    def __init__(self, inventory: Inventory, host: str, task_vars: Vars | None = None) -> None:
-        # Ansible's order, lowest first: role defaults, inventory, role vars (internal __names), task vars.
-        self.raw: dict[str, Any] = {
-            **role_defaults(),
-            **inventory.hostvars.get(host, {}),
-            **role_vars(),
-            "inventory_hostname": host,
-            **(task_vars or {}),
-        }
-        self.env = environment(native=True)
-        self._resolved: dict[str, Any] = {}
-        self._in_progress: list[str] = []
+    def __init__(self, raw: Vars) -> None:
+        self.raw: dict[str, Any] = dict(raw)
+        self._templar = _templar(self.raw)
 
     def __getitem__(self, name: str) -> Any:
-        if name not in self._resolved:
-            if name not in self.raw:
-                raise UsageError(f"variable {name} is not defined; set it in the inventory")
-            if name in self._in_progress:
-                raise UsageError(f"variable {name} refers to itself: {' -> '.join([*self._in_progress, name])}")
-            self._in_progress.append(name)
-            try:
-                self._resolved[name] = self._template(self.raw[name], name)
-            finally:
-                self._in_progress.pop()
-        return self._resolved[name]
+        if name not in self.raw:
+            raise UsageError(f"variable {name} is not defined; set it in the inventory")
+        return self.template(self.raw[name], f"variable {name}")
 
     def __contains__(self, name: object) -> bool:
         return name in self.raw
@@ -145,105 +131,157 @@ class HostVars(Mapping[str, Any]):
     def __len__(self) -> int:
         return len(self.raw)
 
-    def context(self, source: str) -> dict[str, Any]:
-        """The resolved variables a template source refers to; the rest stay undefined (and strict)."""
-        from jinja2 import meta
+    def template(self, value: Any, what: str) -> Any:
+        """Template a value with these variables; a failure names the variable at fault, else `what`."""
+        from ansible.errors import AnsibleError
 
-        return {name: self[name] for name in meta.find_undeclared_variables(self.env.parse(source)) if name in self}
+        try:
+            return self._templar.template(_trusted(value))
+        except AnsibleError as exc:
+            raise self._usage_error(exc, what, "fix it in the inventory") from exc
 
-    def _template(self, node: Any, name: str) -> Any:
-        import jinja2
+    def render_file(self, source: Path, shown_as: str) -> str:
+        """The text Ansible's template module writes for `source` (trim_blocks, no lstrip_blocks, newlines kept)."""
+        from ansible.errors import AnsibleError
+        from ansible.template import generate_ansible_template_vars, trust_as_template
 
-        if isinstance(node, str) and ("{{" in node or "{%" in node):
-            try:
-                value = self.env.from_string(node).render(self.context(node))
-                if isinstance(value, jinja2.Undefined):  # a native "{{ name }}" of an undefined name
-                    str(value)  # raises the UndefinedError that names it
-                return value
-            except jinja2.TemplateError as exc:
-                raise UsageError(f"variable {name}: {exc.message}; fix it in the inventory") from exc
-        if isinstance(node, list):
-            return [self._template(item, name) for item in node]
-        if isinstance(node, dict):
-            return {key: self._template(item, name) for key, item in node.items()}
-        return node
+        try:
+            text = source.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise UsageError(
+                f"template {shown_as} not found under {paths.display(paths.TEMPLATES)}; "
+                "fix the variable naming it or add the file"
+            ) from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UsageError(f"template {shown_as}: cannot read {paths.display(source)} ({exc})") from exc
+        # As the module: its template_* variables over the task's, and ansible_managed unless the user set it.
+        template_vars = generate_ansible_template_vars(path=shown_as, fullpath=str(source))
+        if "ansible_managed" in self.raw:
+            del template_vars["ansible_managed"]
+        variables = {**_trusted(self.raw), **template_vars}
+        templar = self._templar.copy_with_new_env(searchpath=[str(source.parent)], available_variables=variables)
+        try:
+            result = templar.template(trust_as_template(text), escape_backslashes=False, overrides=TEMPLATE_MODULE)
+        except AnsibleError as exc:
+            raise self._usage_error(exc, f"template {shown_as}", "define it in the inventory") from exc
+        return "" if result is None else str(result)
+
+    def _usage_error(self, exc: Exception, what: str, fix: str) -> UsageError:
+        """One line naming the variable whose value failed (Ansible gives only its text), else `what`."""
+        message = str(exc).splitlines()[0]
+        failed = getattr(exc, "obj", None)
+        names = [name for name, raw in self.raw.items() if isinstance(failed, str) and raw == failed]
+        if "Recursive loop detected" in message:
+            return UsageError(f"{f'variable {names[0]}' if names else what} refers to itself; fix it in the inventory")
+        if names:
+            return UsageError(f"variable {names[0]}: {message}; fix it in the inventory")
+        line = getattr(exc.__cause__, "lineno", None)  # a Jinja syntax error in the template file itself
+        if isinstance(line, int) and what.startswith("template "):
+            return UsageError(f"{what}:{line}: {getattr(exc.__cause__, 'message', message)}")
+        return UsageError(f"{what}: {message}; {fix}")
 
 
-def _render(variables: HostVars, template: str) -> str:
-    import jinja2
-
-    env = environment()
-    try:
-        assert env.loader is not None
-        source, _, _ = env.loader.get_source(env, template)
-        return env.get_template(template).render(variables.context(source))
-    except jinja2.TemplateNotFound as exc:
-        raise UsageError(
-            f"template {template} not found under {paths.display(paths.TEMPLATES)}; "
-            "fix the variable naming it or add the file"
-        ) from exc
-    except jinja2.UndefinedError as exc:
-        raise UsageError(f"template {template}: {exc.message}; define it in the inventory") from exc
-    except jinja2.TemplateSyntaxError as exc:
-        raise UsageError(f"template {exc.filename or template}:{exc.lineno}: {exc.message}") from exc
-    except jinja2.TemplateError as exc:
-        raise UsageError(f"template {template}: {exc}") from exc
+# The template module's defaults (ansible.builtin.template with no options).
+TEMPLATE_MODULE = {"trim_blocks": True, "lstrip_blocks": False, "newline_sequence": "\n"}
 
 
-def environment(native: bool = False) -> "jinja2.Environment":
-    """A Jinja environment with the whitespace rules and filters of Ansible's template module.
+def render_template(source: Path, variables: Vars) -> str:
+    """The text Ansible's template module writes for `source` with exactly these variables."""
+    return Variables(variables).render_file(source, str(source))
 
-    native=True gives what Ansible gives a variable made of one expression: the value, not its text.
+
+class HostVars(Variables):
+    """A host's variables as a play of the serving roles sees them (no facts)."""
+
+    def __init__(self, inventory: Inventory, host: str, task_vars: Vars | None = None) -> None:
+        # Ansible's order, lowest first: role defaults, inventory, role vars (internal __names), magic, task vars.
+        super().__init__(
+            {
+                **role_defaults(),
+                **inventory.hostvars.get(host, {}),
+                **role_vars(),
+                **_magic_vars(inventory, host),
+                **(task_vars or {}),
+            }
+        )
+
+
+def _magic_vars(inventory: Inventory, host: str) -> dict[str, Any]:
+    """The variables Ansible sets itself that a template may use (other hosts' variables are their inventory's)."""
+    groups = {name: list(members) for name, members in inventory.groups.items()}
+    groups.setdefault("all", list(inventory.hosts))
+    return {
+        "inventory_hostname": host,
+        "inventory_hostname_short": host.split(".")[0],
+        "group_names": sorted(name for name, members in groups.items() if host in members and name != "all"),
+        "groups": groups,
+        "hostvars": {other: _OtherHost(inventory, other) for other in inventory.hosts},
+        "playbook_dir": str(paths.PLAYBOOKS),
+    }
+
+
+class _OtherHost(Mapping[str, Any]):
+    """hostvars[name]: that host's inventory variables, templated on access in its own context (as Ansible does)."""
+
+    def __init__(self, inventory: Inventory, host: str) -> None:
+        self._inventory, self._host = inventory, host
+        self._raw: dict[str, Any] | None = None
+
+    @property
+    def raw(self) -> dict[str, Any]:
+        if self._raw is None:
+            inventory, host = self._inventory, self._host
+            magic = {k: v for k, v in _magic_vars(inventory, host).items() if k != "hostvars"}
+            self._raw = {**inventory.hostvars.get(host, {}), **magic}
+        return self._raw
+
+    def __getitem__(self, name: str) -> Any:
+        return _templar(self.raw).template(_trusted(self.raw[name]))
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.raw)
+
+    def __len__(self) -> int:
+        return len(self.raw)
+
+
+def _templar(variables: Vars) -> Any:
+    _load_ansible()
+    from ansible.parsing.dataloader import DataLoader
+    from ansible.template import Templar
+
+    return Templar(loader=DataLoader(), variables=_trusted(variables))
+
+
+@cache
+def _load_ansible() -> None:
+    """Ansible as a run sees it: the project's ansible.cfg (read once, on import) and every plugin and collection.
+
+    ANSIBLE_CONFIG is what tools.ansible_env() gives every run, set only while Ansible reads its settings.
     """
-    import jinja2
-    import jinja2.nativetypes
+    saved = os.environ.get("ANSIBLE_CONFIG")
+    if paths.ANSIBLE_CFG.is_file():
+        os.environ["ANSIBLE_CONFIG"] = str(paths.ANSIBLE_CFG)
+    try:
+        import ansible.constants  # noqa: F401  (reads the settings)
+        from ansible.plugins.loader import init_plugin_loader
 
-    cls = jinja2.nativetypes.NativeEnvironment if native else jinja2.Environment
-    env = cls(
-        # Template paths are relative to templates/, or absolute (a user's own template).
-        loader=jinja2.FileSystemLoader([str(paths.TEMPLATES), "/"]),
-        undefined=jinja2.StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=False,
-        keep_trailing_newline=True,
-        autoescape=False,
-    )
-    env.filters.update(
-        {
-            "bool": to_bool,
-            "mandatory": mandatory,
-            "quote": lambda value: shlex.quote(str(value)),
-            "to_json": lambda value, **kw: json.dumps(value, **kw),
-            "to_nice_json": lambda value, indent=4, **kw: json.dumps(value, indent=indent, sort_keys=True, **kw),
-            "regex_replace": regex_replace,
-            "zip": lambda value, *others: list(zip(value, *others, strict=False)),
-        }
-    )
-    return env
+        init_plugin_loader()
+    finally:
+        if saved is None:
+            os.environ.pop("ANSIBLE_CONFIG", None)
+        else:
+            os.environ["ANSIBLE_CONFIG"] = saved
 
 
-def to_bool(value: Any) -> bool:
-    """Ansible's `bool` filter: yes/on/1/true (any case) are true."""
-    if isinstance(value, bool):
-        return value
-    return str(value).strip().lower() in ("yes", "on", "1", "true", "y", "t")
+def _trusted(node: Any) -> Any:
+    """Mark strings as templates, as Ansible marks what it reads from the inventory and the roles' YAML."""
+    from ansible.template import trust_as_template
 
-
-def mandatory(value: Any, msg: str | None = None) -> Any:
-    import jinja2
-
-    if isinstance(value, jinja2.Undefined):
-        raise jinja2.UndefinedError(msg or "Mandatory variable not defined.")
-    return value
-
-
-def regex_replace(
-    value: Any,
-    pattern: str = "",
-    replacement: str = "",
-    ignorecase: bool = False,
-    multiline: bool = False,
-    count: int = 0,
-) -> str:
-    flags = (re.IGNORECASE if ignorecase else 0) | (re.MULTILINE if multiline else 0)
-    return re.sub(pattern, replacement, str(value), count=count, flags=flags)
+    if isinstance(node, str):
+        return trust_as_template(node)
+    if isinstance(node, list):
+        return [_trusted(item) for item in node]
+    if isinstance(node, dict):
+        return {key: _trusted(value) for key, value in node.items()}
+    return node

@@ -11,22 +11,24 @@ Every rendered systemd unit is also checked by the real tool, `systemd-analyze v
 import os
 import shutil
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from provision.inventory import load_inventory
-from provision.render import render_host
+from provision.inventory import Inventory
+from provision.render import RenderedFile
 
 CASES = sorted(path for path in (Path(__file__).parent / "render").iterdir() if path.is_dir())
+RenderedCase = Callable[[Path], tuple[Inventory, tuple[RenderedFile, ...]]]
 UPDATE = os.environ.get("PROVISION_UPDATE_GOLDEN") == "1"
 
 
 @pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
-def test_render_matches_golden(case: Path) -> None:
-    inventory = load_inventory(case / "inventory.yml")
+def test_render_matches_golden(rendered_case: RenderedCase, case: Path) -> None:
+    inventory, files = rendered_case(case)
     assert len(inventory.hosts) == 1, f"{case}/inventory.yml must define exactly one host"
-    rendered = {file.name: file.text.encode("utf-8") for file in render_host(inventory, inventory.hosts[0])}
+    rendered = {file.name: file.text.encode("utf-8") for file in files}
     expected_dir = case / "expected"
     if UPDATE:
         shutil.rmtree(expected_dir, ignore_errors=True)

@@ -107,14 +107,15 @@ def test_the_library_never_imports_click() -> None:
     assert result.stdout.strip() == "False", "importing the library pulled in click"
 
 
-def test_only_argcheck_imports_ansibles_python() -> None:
-    """The rest of provision runs Ansible's commands; argcheck uses its argument-spec validator in-process."""
+def test_only_argcheck_and_render_import_ansibles_python() -> None:
+    """The rest of provision runs Ansible's commands; argcheck uses its argument-spec validator in-process and
+    render its Templar (so `provision render` prints what the template module writes)."""
     importers = {
         path.relative_to(PACKAGE).as_posix()
         for path in PACKAGE.rglob("*.py")
         if re.search(r"^\s*(from|import) ansible\b", path.read_text(encoding="utf-8"), re.MULTILINE)
     }
-    assert importers == {"argcheck.py"}
+    assert importers == {"argcheck.py", "render.py"}
 
 
 # ---- roles: defaults <-> argument specs ---------------------------------------------------------------

@@ -111,11 +111,16 @@ def test_missing_template_is_a_usage_error() -> None:
         unit(inference_unit_template="systemd/nope.j2")
 
 
-def test_ansible_compatible_filters() -> None:
-    env = render.environment()
+def template_file(tmp_path: Path, source: str, **variables: Any) -> str:
+    """What the template module writes for a template file with this text."""
+    path = tmp_path / "t.j2"
+    path.write_text(source, encoding="utf-8")
+    return render.render_template(path, variables)
 
+
+def test_ansible_compatible_filters(tmp_path: Path) -> None:
     def r(source: str, **variables: Any) -> str:
-        return env.from_string(source).render(**variables)
+        return template_file(tmp_path, source, **variables)
 
     assert r("{{ 'yes' | bool }} {{ 'off' | bool }} {{ 1 | bool }}") == "True False True"
     assert r("{{ 'a b' | quote }}") == "'a b'"
@@ -128,8 +133,30 @@ def test_ansible_compatible_filters() -> None:
         r("{{ missing | mandatory('must be set') }}")
 
 
-def test_ansible_whitespace_rules() -> None:
-    env = render.environment()
-    assert env.from_string("{% if true %}\n  x\n{% endif %}\n").render() == "  x\n"  # trim_blocks
-    assert env.from_string("  {% if true %}y{% endif %}").render() == "  y"  # no lstrip_blocks
-    assert env.from_string("z\n").render() == "z\n"  # keep_trailing_newline
+def test_ansible_whitespace_rules(tmp_path: Path) -> None:
+    assert template_file(tmp_path, "{% if true %}\n  x\n{% endif %}\n") == "  x\n"  # trim_blocks
+    assert template_file(tmp_path, "  {% if true %}y{% endif %}") == "  y"  # no lstrip_blocks
+    assert template_file(tmp_path, "z\n") == "z\n"  # keep_trailing_newline
+
+
+def test_upstream_group_hosts_come_from_their_own_variables() -> None:
+    """groups and hostvars are Ansible's: another host's variables are templated in that host's context."""
+    hostvars = {
+        "h1": {"nginx_upstream_group": "inference", "base_port": 1},
+        "h2": {
+            "ansible_host": "10.0.0.9",
+            "inference_replicas": 2,
+            "inference_port": "{{ base_port }}",
+            "base_port": 7000,
+        },
+    }
+    groups = {"all": ("h1", "h2"), "inference": ("h1", "h2"), "gateway": ("h1",)}
+    inv = Inventory(path=Path("inventories/test/hosts.yml"), hosts=("h1", "h2"), hostvars=hostvars, groups=groups)
+    (conf,) = [f.text for f in render.render_host(inv, "h1") if f.name == "nginx.conf"]
+    servers = [line.split()[1] for line in conf.splitlines() if line.strip().startswith("server 1")]
+    assert servers == ["127.0.0.1:8000", "10.0.0.9:7000", "10.0.0.9:7001"]
+
+
+def test_lookups_work_as_in_a_play(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PROVISION_TEST_IMAGE", "registry.test/vllm:1")
+    assert "registry.test/vllm:1" in unit(inference_image="{{ lookup('ansible.builtin.env', 'PROVISION_TEST_IMAGE') }}")

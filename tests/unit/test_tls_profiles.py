@@ -31,7 +31,8 @@ def nginx_conf(task_vars: dict[str, Any] | None = None, **hostvars: Any) -> str:
     inventory = Inventory(
         path=Path("inventories/test/hosts.yml"), hosts=("h1",), hostvars={"h1": hostvars}, groups=groups
     )
-    return render._render(render.HostVars(inventory, "h1", task_vars), "nginx/nginx.conf.j2")
+    variables = render.HostVars(inventory, "h1", task_vars)
+    return variables.render_file(Path(variables["__nginx_conf_src"]), "nginx/nginx.conf.j2")
 
 
 def test_stapling_only_when_the_certificate_names_a_responder() -> None:
