@@ -46,15 +46,16 @@ class Lab:
             timeout=timeout,
             check=False,
         )
+        # The command line as every report below shows it: a password in a test's URL masked.
+        shown = re.sub(r"://([^:/@\s]+):[^@\s]+@", r"://\1:***@", " ".join(args))
         timings = os.environ.get("PROVISION_TEST_TIMINGS")
         if timings:  # where the suite's time goes, one line per call (scripts/test.sh sets it)
             with open(timings, "a") as log:
-                shown = re.sub(r"://([^:/@\s]+):[^@\s]+@", r"://\1:***@", " ".join(args))  # a test's URL password
                 log.write(f"{time.monotonic() - started:7.1f}s  provision {shown}\n")
         # Shown by pytest only when a test fails: what the user would have seen.
-        print(f"$ provision {' '.join(args)}\n{proc.stdout}\n{proc.stderr}\n(exit {proc.returncode})")
+        print(f"$ provision {shown}\n{proc.stdout}\n{proc.stderr}\n(exit {proc.returncode})")
         if check and proc.returncode != 0:
-            raise AssertionError(f"provision {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+            raise AssertionError(f"provision {shown} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
         return proc
 
     def ssh(self, host: str, command: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:

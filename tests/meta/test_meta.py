@@ -164,10 +164,9 @@ def test_the_whole_suite_collects_in_one_run() -> None:
     """CI runs unit, golden and integration tests in one pytest run; a module that only imports when its own
     directory runs alone (say, `from conftest import ...`, which names whichever conftest came first) breaks the
     whole run at collection, before any test."""
-    root = paths.ROOT
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider"],
-        cwd=root,
+        cwd=paths.ROOT,
         capture_output=True,
         text=True,
         check=False,
