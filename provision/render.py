@@ -47,11 +47,62 @@ def _replica_units(variables: "HostVars") -> list[tuple[str, Vars]]:
     ]
 
 
+def _true(value: Any) -> bool:
+    """A variable as Ansible's bool filter reads it."""
+    return str(value).strip().lower() in ("true", "yes", "on", "1", "y", "t")
+
+
+def _one(name: str) -> Callable[["HostVars"], list[tuple[str, Vars]]]:
+    return lambda variables: [(name, {})]
+
+
+def _on_gpu_hosts(name: str) -> Callable[["HostVars"], list[tuple[str, Vars]]]:
+    """The file on hosts of the monitoring agent's GPU group only, when it is enabled, as the role includes dcgm.yml."""
+
+    def instances(v: "HostVars") -> list[tuple[str, Vars]]:
+        gpu_hosts = v["groups"].get(v["monitoring_agent_gpu_group"], [])
+        return [(name, {})] if _true(v["monitoring_agent_enabled"]) and v["inventory_hostname"] in gpu_hosts else []
+
+    return instances
+
+
 RENDERABLE: tuple[Renderable, ...] = (
     Renderable("inference_unit_template", "__inference_unit_src", role="inference", instances=_replica_units),
-    Renderable("nginx_conf_template", "__nginx_conf_src", role="nginx", instances=lambda v: [("nginx.conf", {})]),
+    Renderable("nginx_conf_template", "__nginx_conf_src", role="nginx", instances=_one("nginx.conf")),
+    Renderable(
+        "monitoring_server_config_template",
+        "__monitoring_server_config_src",
+        role="monitoring_server",
+        instances=_one("prometheus.yml"),
+    ),
+    Renderable(
+        "monitoring_server_rules_template",
+        "__monitoring_server_rules_src",
+        role="monitoring_server",
+        instances=_one("provision-alerts.yml"),
+    ),
+    Renderable(
+        "monitoring_server_alertmanager_template",
+        "__monitoring_server_alertmanager_src",
+        role="monitoring_server",
+        instances=lambda v: [("alertmanager.yml", {})] if _true(v["monitoring_server_alertmanager"]) else [],
+    ),
+    Renderable(
+        "monitoring_agent_dcgm_exporter_unit_template",
+        "__monitoring_agent_dcgm_unit_src",
+        role="monitoring_agent",
+        instances=_on_gpu_hosts("dcgm-exporter.service"),
+    ),
+    Renderable(
+        "monitoring_agent_dcgm_counters_template",
+        "__monitoring_agent_dcgm_counters_src",
+        role="monitoring_agent",
+        instances=_on_gpu_hosts("dcgm-counters.csv"),
+    ),
 )
 SERVING_PLAYBOOK = "serving.yml"
+# The playbook whose plays say on which hosts each renderable role runs (it imports serving.yml and the others).
+SITE_PLAYBOOK = "site.yml"
 
 
 def render_host(inventory: Inventory, host: str, out_dir: Path | None = None) -> list[RenderedFile]:
@@ -81,8 +132,8 @@ def render_host(inventory: Inventory, host: str, out_dir: Path | None = None) ->
 
 
 def render_groups() -> dict[str, str]:
-    """role -> the hosts pattern of the play in playbooks/serving.yml that runs it (for the renderable roles)."""
-    playbook = paths.PLAYBOOKS / SERVING_PLAYBOOK
+    """role -> the hosts pattern of the play in playbooks/site.yml that runs it (for the renderable roles)."""
+    playbook = paths.PLAYBOOKS / SITE_PLAYBOOK
     found = {use.role.name: use.hosts for use in argcheck.role_uses(playbook)}
     missing = sorted({item.role for item in RENDERABLE} - set(found))
     if missing:

@@ -3,9 +3,10 @@ real `ansible.builtin.template` module in ansible-playbook on a local connection
 byte, and match the expected files.
 
 Two kinds of case:
-- render/<case>/ (test_render.py): the case's inventory, run through the plays of playbooks/serving.yml with
-  stand-in roles that have the real roles' defaults, vars and templates and only their template task
-  (template_module/<role>.yml); one ansible-playbook run takes every case in turn, re-reading the inventory.
+- render/<case>/ (test_render.py): the case's inventory, run through the plays of playbooks/serving.yml and
+  monitoring.yml, limited to the case's first host, with stand-in roles that have the real roles' defaults, vars
+  and templates and only their template task (template_module/<role>.yml); one ansible-playbook run takes every
+  case in turn, re-reading the inventory.
 - templates/<case>/case.yml: a role template that `provision render` does not show (base, ssh): `role`,
   `template` (the role variable naming it), `facts` (the host's), `vars` (the host's inventory variables) and
   `set_facts` (what the role's earlier tasks set), with expected/<template name without .j2>. All these run in
@@ -83,7 +84,9 @@ def ansible_playbook(playbook: Path, inventory: Path, roles: Path, extra: dict[s
 
 
 @pytest.fixture(scope="module")
-def module_rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, bytes]]:
+def module_rendered(
+    tmp_path_factory: pytest.TempPathFactory, rendered_case: RenderedCase
+) -> dict[str, dict[str, bytes]]:
     """case -> file -> what the template module wrote, all cases in one ansible-playbook run.
 
     For each case: a play on localhost points the inventory at the case's file and re-reads it (so each case
@@ -93,8 +96,13 @@ def module_rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[
     project = tmp_path_factory.mktemp("serving-project")
     (project / "playbooks").mkdir()
     (project / "templates").symlink_to(paths.TEMPLATES)  # the roles' playbook_dir/../templates
-    roles = stand_in_roles(project / "playbooks", {role: STAND_INS / f"{role}.yml" for role in ("inference", "nginx")})
-    serving = yaml.safe_load((paths.PLAYBOOKS / render.SERVING_PLAYBOOK).read_text(encoding="utf-8"))
+    rendering_roles = ("inference", "nginx", "monitoring_agent", "monitoring_server")
+    roles = stand_in_roles(project / "playbooks", {role: STAND_INS / f"{role}.yml" for role in rendering_roles})
+    serving = [
+        play
+        for playbook in (render.SERVING_PLAYBOOK, "monitoring.yml")
+        for play in yaml.safe_load((paths.PLAYBOOKS / playbook).read_text(encoding="utf-8"))
+    ]
     current, out = project / "inventory.yml", project / "out"
     plays: list[dict[str, Any]] = []
     refresh = {"name": "Read the inventory again", "ansible.builtin.meta": "refresh_inventory"}
@@ -106,9 +114,11 @@ def module_rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[
         switch = {"name": "Point the inventory at the case", "ansible.builtin.file": link}
         plays.append({"name": f"Switch to {case.name}", "hosts": "localhost", "gather_facts": False,
                       "tasks": [switch, refresh]})  # fmt: skip
+        first = rendered_case(case)[0].hosts[0]  # the host provision render renders
         for play in serving:
             case_vars = {**play.get("vars", {}), "golden_out": str(out / case.name)}
-            plays.append({**play, "become": False, "gather_facts": False, "vars": case_vars})
+            hosts = f"{play['hosts']}:&{first}"
+            plays.append({**play, "hosts": hosts, "become": False, "gather_facts": False, "vars": case_vars})
         plays.append(forget)
     (project / "playbooks/cases.yml").write_text(yaml.safe_dump(plays, sort_keys=False))
     current.symlink_to(RENDER_CASES[0] / "inventory.yml")

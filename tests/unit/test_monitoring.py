@@ -1,0 +1,129 @@
+"""Monitoring: the gateway's metrics script (the monitoring_agent role's textfile collector), the GPU path that no
+machine here can run (dcgm-exporter: proven on its rendered files), and what the scrape config takes from the
+inventory."""
+
+import importlib.util
+import ssl
+import subprocess
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import yaml
+
+from provision import paths, render
+from provision.inventory import load_inventory
+
+GOLDEN = Path(__file__).parents[1] / "golden" / "render"
+SCRIPT = paths.ROLES / "monitoring_agent/files/provision_gateway_metrics.py"
+spec = importlib.util.spec_from_file_location("provision_gateway_metrics", SCRIPT)
+assert spec and spec.loader
+gateway = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(gateway)
+
+LINE = (
+    '127.0.0.1 - - [26/Nov/2026:09:00:00 +0000] "POST /v1/chat/completions HTTP/1.1" 200 12 '
+    "upstream={upstream} upstream_status={status} request_time=0.1 upstream_connect_time=0.0 "
+    "upstream_header_time=0.1 upstream_response_time=0.1"
+)
+
+
+@pytest.mark.parametrize(
+    ("status", "counted"),
+    [
+        ("200", {"200": 1}),
+        ("502, 200", {"502": 1, "200": 1}),  # the first replica failed, the next one answered
+        ("504 : 200", {"504": 1, "200": 1}),  # an internal redirect to another upstream group
+        ("-", {}),  # answered by nginx itself (a 403 for /metrics, a redirect)
+    ],
+)
+def test_upstream_answers_are_counted_by_status(status: str, counted: dict[str, int]) -> None:
+    assert gateway.count_statuses([LINE.format(upstream="127.0.0.1:8000", status=status)]) == Counter(counted)
+
+
+def test_new_lines_only_and_a_rotated_log_read_from_its_start(tmp_path: Path) -> None:
+    log, state = tmp_path / "access.log", {}
+    log.write_text("one\ntwo\nhalf")
+    assert gateway.read_new_lines(str(log), state) == ["one", "two"]
+    with log.open("a") as out:
+        out.write(" a line\nthree\n")
+    assert gateway.read_new_lines(str(log), state) == ["half a line", "three"]
+    assert gateway.read_new_lines(str(log), state) == []
+    log.unlink()
+    log.write_text("after rotation\n")
+    assert gateway.read_new_lines(str(log), state) == ["after rotation"]
+
+
+def test_certificates_come_from_nginx_T() -> None:
+    config = "server {\n    ssl_certificate /etc/nginx/tls/provision.crt;\n    ssl_certificate_key /k;\n}\n"
+    assert gateway.certificate_paths(config) == ["/etc/nginx/tls/provision.crt"]
+
+
+def test_a_certificate_expiry_is_read(tmp_path: Path) -> None:
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "10", "-subj", "/CN=gw1",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    not_after = gateway.not_after(str(cert))
+    decoded = ssl._ssl._test_decode_cert(str(cert))  # type: ignore[attr-defined]
+    assert not_after == ssl.cert_time_to_seconds(decoded["notAfter"])
+    assert gateway.not_after(str(tmp_path / "missing.pem")) is None
+
+
+def test_exposition_parses_as_prometheus_text(require_promtool: str) -> None:
+    text = gateway.exposition(Counter({"200": 5, "502": 1}), {"/etc/a.crt": 1.9e9, "/etc/unreadable.crt": None})
+    assert 'provision_nginx_upstream_responses_total{status="502"} 1' in text
+    assert 'provision_tls_certificate_not_after_seconds{path="/etc/a.crt"} 1900000000' in text
+    assert "unreadable" not in text
+    checked = subprocess.run([require_promtool, "check", "metrics"], input=text, capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_the_script_runs_as_the_timer_runs_it(tmp_path: Path) -> None:
+    log = tmp_path / "access.log"
+    log.write_text(LINE.format(upstream="127.0.0.1:8001", status="502, 200") + "\n")
+    argv = [str(log), str(tmp_path / "state.json"), str(tmp_path / "provision_gateway.prom")]
+    for _ in range(2):  # counters carry over from the state file; nothing is counted twice
+        assert subprocess.run(["python3", str(SCRIPT), *argv], check=False).returncode == 0
+    text = (tmp_path / "provision_gateway.prom").read_text()
+    assert 'provision_nginx_upstream_responses_total{status="200"} 1\n' in text
+    assert 'provision_nginx_upstream_responses_total{status="502"} 1\n' in text
+
+
+# ---- dcgm-exporter: not obtainable here, so its files are what is proven --------------------------------
+
+
+def test_dcgm_exporter_never_pulls_when_it_starts() -> None:
+    unit = (GOLDEN / "monitoring-gpu-host/expected/dcgm-exporter.service").read_text()
+    assert "--pull=never" in unit and "pull " not in unit.replace("--pull=never", "")
+    assert "-p 10.1.0.7:9400:9400" in unit  # the private address, never every address
+    tasks = yaml.safe_load((paths.ROLES / "monitoring_agent/tasks/dcgm.yml").read_text())
+    pulls = [t for t in tasks for inner in t.get("block", [t]) if "pull" in str(inner.get("ansible.builtin.command"))]
+    assert [t["when"] for t in pulls] == ["__monitoring_agent_dcgm_image.rc != 0"]  # only while the image is missing
+
+
+def test_dcgm_counters_count_xid_errors_over_a_window_and_export_what_the_rules_use() -> None:
+    fields = [line.split(",")[0] for line in (GOLDEN / "monitoring-gpu-host/expected/dcgm-counters.csv").read_text()
+              .splitlines() if line and not line.startswith("#")]  # fmt: skip
+    rules = (GOLDEN / "monitoring-fleet/expected/provision-alerts.yml").read_text()
+    used = {name for name in ("DCGM_EXP_XID_ERRORS_COUNT", "DCGM_FI_DEV_GPU_TEMP", "DCGM_FI_DEV_ROW_REMAP_FAILURE")}
+    assert all(name in rules for name in used) and used <= set(fields)
+    assert fields[-1] == "DCGM_FI_DEV_ECC_DBE_VOL_TOTAL"  # the case's extra counter
+
+
+# ---- the scrape config comes from the whole inventory ---------------------------------------------------
+
+
+def test_scrape_targets_cover_the_whole_inventory_and_name_each_host() -> None:
+    inventory = load_inventory(GOLDEN / "monitoring-fleet/inventory.yml")
+    (config,) = [f for f in render.render_host(inventory, "mon1") if f.name == "prometheus.yml"]
+    jobs = {job["job_name"]: job["static_configs"] for job in yaml.safe_load(config.text)["scrape_configs"]}
+    node = {c["labels"]["host"]: c["targets"] for c in jobs["node"]}
+    assert sorted(node) == sorted(inventory.hosts)
+    assert node["mon1"] == ["10.0.0.10:9100"]  # monitoring_address first
+    assert node["gpu1"] == ["203.0.113.12:9100"]  # then ansible_host
+    assert node["db1"] == ["db1:9100"]  # else the inventory name
+    assert [c["targets"] for c in jobs["inference"]] == [["10.0.0.11:8000"], ["10.0.0.11:8001"], ["203.0.113.12:9000"]]
+    assert [c["labels"]["host"] for c in jobs["dcgm"]] == ["gpu1"]
