@@ -26,6 +26,7 @@ LATER_IMAGES = {
     "test_4_security.py": ("oci",),
     "test_4b_selinux.py": ("selinux",),
     "test_5_serving.py": ("docker", "demo"),
+    "test_8_monitoring.py": ("docker", "demo"),
     "test_6b_nvidia_driver.py": ("nvidia",),
 }
 _wanted_images: list[str] = []

@@ -3,6 +3,7 @@ machine here can run (dcgm-exporter: proven on its rendered files), and what the
 inventory."""
 
 import importlib.util
+import json
 import ssl
 import subprocess
 from collections import Counter
@@ -13,6 +14,7 @@ import yaml
 
 from provision import paths, render
 from provision.inventory import load_inventory
+from provision.smoke import monitoring_checks
 
 GOLDEN = Path(__file__).parents[1] / "golden" / "render"
 SCRIPT = paths.ROLES / "monitoring_agent/files/provision_gateway_metrics.py"
@@ -127,3 +129,37 @@ def test_scrape_targets_cover_the_whole_inventory_and_name_each_host() -> None:
     assert node["db1"] == ["db1:9100"]  # else the inventory name
     assert [c["targets"] for c in jobs["inference"]] == [["10.0.0.11:8000"], ["10.0.0.11:8001"], ["203.0.113.12:9000"]]
     assert [c["labels"]["host"] for c in jobs["dcgm"]] == ["gpu1"]
+
+
+# ---- provision test's checks ------------------------------------------------------------------------------
+
+SS = """LISTEN 0      4096       127.0.0.1:9100      0.0.0.0:*
+LISTEN 0      4096               *:9113            *:*
+LISTEN 0      511          0.0.0.0:80        0.0.0.0:*
+LISTEN 0      4096       [::1]:9090            [::]:*
+"""
+
+
+@pytest.mark.parametrize(
+    ("name", "address", "port", "problems"),
+    [
+        ("node exporter", "127.0.0.1", 9100, []),
+        ("the nginx exporter", "127.0.0.1", 9113,
+         ["the nginx exporter listens on *:9113, not only 127.0.0.1:9113 (exporters are never world-open)"]),
+        ("Prometheus", "::1", 9090, []),
+        ("dcgm-exporter", "10.0.0.5", 9400, ["dcgm-exporter listens nowhere on port 9400 (wanted 10.0.0.5:9400)"]),
+    ],
+)  # fmt: skip
+def test_listen_problems(name: str, address: str, port: int, problems: list[str]) -> None:
+    assert monitoring_checks.listen_problems(SS, name, address, port) == problems
+
+
+def test_targets_down_names_job_host_and_error() -> None:
+    answer = {"data": {"activeTargets": [
+        {"labels": {"job": "node", "host": "lab1"}, "scrapeUrl": "http://127.0.0.1:9100/metrics", "health": "up"},
+        {"labels": {"job": "inference", "host": "lab1"}, "scrapeUrl": "http://127.0.0.1:8001/metrics",
+         "health": "down", "lastError": "connection refused"},
+    ]}}  # fmt: skip
+    assert monitoring_checks.targets_down(json.dumps(answer)) == [
+        "inference target http://127.0.0.1:8001/metrics (host lab1) is down: connection refused"
+    ]
