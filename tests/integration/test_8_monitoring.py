@@ -32,6 +32,20 @@ NGINX = "http://127.0.0.1:80"
 TAGS = "container_runtime,inference,nginx,monitoring"
 MAX_CONCURRENCY = 2  # per replica: beyond it requests wait
 TOKEN_DELAY = 0.1
+WEBHOOK = "http://127.0.0.1:9099/alerts"
+RECEIVED = "/tmp/webhook.jsonl"
+# A webhook receiver on the VM's loopback: each POST's body as one line of RECEIVED.
+RECEIVER = f"""
+import http.server
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        with open({RECEIVED!r}, "ab") as out:
+            out.write(body.replace(b"\\n", b" ") + b"\\n")
+        self.send_response(200)
+        self.end_headers()
+http.server.HTTPServer(("127.0.0.1", 9099), Handler).serve_forever()
+"""
 
 
 @pytest.fixture(scope="module")
@@ -54,6 +68,10 @@ def monitored(lab: Lab, docker_host: str, tmp_path_factory: pytest.TempPathFacto
                 "monitoring_server_evaluation_interval": "2s",
                 "monitoring_server_alert_replica_down_for": "10s",
                 "monitoring_server_storage_path": "/srv/prometheus",
+                "monitoring_server_alertmanager": True,
+                "monitoring_server_alertmanager_webhook_url": WEBHOOK,
+                "monitoring_server_alertmanager_group_wait": "1s",
+                "monitoring_server_alertmanager_group_interval": "2s",
             }
         )
     )
@@ -61,6 +79,9 @@ def monitored(lab: Lab, docker_host: str, tmp_path_factory: pytest.TempPathFacto
     (inventory / "monitoring.yml").write_text(yaml.safe_dump({"all": {"children": groups}}))
     script = base64.b64encode((ROOT / "provision/smoke/llm_client.py").read_bytes()).decode()
     lab.sh(docker_host, f"echo {script} | base64 -d > {CLIENT}")
+    receiver = base64.b64encode(RECEIVER.encode()).decode()
+    lab.sh(docker_host, f"echo {receiver} | base64 -d > /tmp/receiver.py; rm -f {RECEIVED}")
+    lab.sh(docker_host, "setsid nohup python3 /tmp/receiver.py >/dev/null 2>&1 < /dev/null &")
     return inventory, docker_host
 
 
@@ -136,7 +157,7 @@ def test_exporters_listen_on_loopback_only_and_the_gateway_refuses_metrics(
 ) -> None:
     inventory, host = monitored
     listening = lab.sh(host, "ss -Hltn")
-    for port in (9090, 9100, 9113, 8089):
+    for port in (9090, 9093, 9100, 9113, 8089):
         at_port = {line.split()[3] for line in listening.splitlines() if line.split()[3].endswith(f":{port}")}
         assert at_port == {f"127.0.0.1:{port}"}, listening
     checked = lab.provision("test", "-i", str(inventory), "--limit", host, "-k", "exporters or prometheus")
@@ -189,3 +210,12 @@ def test_a_replica_stopped_behind_systemds_back_alerts_and_resolves(
     lab.sh(host, "sudo systemctl start inference-2")
     seen.append(wait_for("ReplicaDown resolved", lambda: state() == "none" and "resolved", seconds=60, every=1))
     assert seen == ["pending", "firing", "resolved"]
+
+    def notified() -> list[str]:  # what Alertmanager posted to the webhook about ReplicaDown, in order
+        lines = lab.sh(host, f"cat {RECEIVED} 2>/dev/null; true").splitlines()
+        posts = [json.loads(line) for line in lines if line.strip()]
+        return [post["status"] for post in posts if post["groupLabels"].get("alertname") == "ReplicaDown"]
+
+    statuses = wait_for("the webhook told of ReplicaDown firing, then resolved",
+                        lambda: "resolved" in notified() and notified(), seconds=60)  # fmt: skip
+    assert statuses[0] == "firing" and statuses[-1] == "resolved", statuses
