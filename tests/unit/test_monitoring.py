@@ -163,3 +163,66 @@ def test_targets_down_names_job_host_and_error() -> None:
     assert monitoring_checks.targets_down(json.dumps(answer)) == [
         "inference target http://127.0.0.1:8001/metrics (host lab1) is down: connection refused"
     ]
+
+
+# ---- the gateway refuses /metrics and the admin routes; stub_status on loopback (real nginx) ---------------
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_the_rendered_gateway_refuses_metrics_and_admin_routes_and_serves_stub_status(tmp_path: Path) -> None:
+    """nginx.conf as rendered, run by this machine's nginx in front of the demo server."""
+    import http.client
+    import shutil
+    import threading
+
+    from provision import demo_server
+    from provision.inventory import Inventory
+
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    assert Path(nginx).exists(), "nginx is not installed (Debian package nginx)"
+    server = demo_server.serve(demo_server.options(["--host", "127.0.0.1", "--port", "0", "--token-delay", "0"]))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port, status_port = _free_port(), _free_port()
+    hostvars = {"nginx_port": port, "nginx_stub_status_port": status_port, "inference_port": server.server_address[1],
+                "nginx_access_log": str(tmp_path / "access.log"), "nginx_include_conf_d": False}  # fmt: skip
+    inventory = Inventory(Path("hosts.yml"), ("gw1",), {"gw1": hostvars}, {"gateway": ("gw1",)})
+    (conf,) = [f.text for f in render.render_host(inventory, "gw1") if f.name == "nginx.conf"]
+    conf = conf.replace("pid /run/nginx.pid;", f"pid {tmp_path}/nginx.pid;")
+    conf = conf.replace("error_log /var/log/nginx/error.log;", f"error_log {tmp_path}/error.log;")
+    conf = conf.replace("include /etc/nginx/modules-enabled/*.conf;", "")  # this machine's modules, if any
+    (tmp_path / "nginx.conf").write_text(conf)
+    nginx_argv = [nginx, "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf"), "-e", str(tmp_path / "error.log")]
+    started = subprocess.run(nginx_argv, capture_output=True, text=True, check=False)
+    assert started.returncode == 0, started.stderr
+    try:
+
+        def get(path: str, at: int = port) -> int:
+            conn = http.client.HTTPConnection("127.0.0.1", at, timeout=10)
+            conn.request("GET", path)
+            status = conn.getresponse().status
+            conn.close()
+            return status
+
+        for path in (
+            "/metrics",
+            "/metrics/",
+            "/sleep",
+            "/wake_up?tags=weights",
+            "/collective_rpc",
+            "/reset_prefix_cache",
+        ):
+            assert get(path) == 403, path
+        assert get("/v1/models") == 200 and get("/metricsx") == 404  # only the routes themselves, passed on otherwise
+        assert get("/stub_status", status_port) == 200
+        assert get("/metrics", server.server_address[1]) == 200  # the replica itself still answers Prometheus
+    finally:
+        subprocess.run([*nginx_argv, "-s", "stop"], check=False)
+        server.shutdown()
+        server.server_close()
