@@ -3,6 +3,7 @@ refuses /metrics, and Prometheus sees every target up. Pure functions parse what
 `*_problems` functions take a testinfra host."""
 
 import json
+import shlex
 from collections.abc import Mapping
 from typing import Any
 
@@ -48,7 +49,7 @@ FETCH = (
 
 def fetch(host: Any, url: str) -> tuple[int | None, str]:
     """(HTTP status, body) of a GET made on the host itself; (None, the reason) when nothing answered."""
-    result = host.run(f"python3 -c {json.dumps(FETCH)} {url}")
+    result = host.run(f"python3 -c {shlex.quote(FETCH)} {shlex.quote(url)}")
     if result.rc != 0:
         return None, (result.stderr.strip().splitlines() or ["no output"])[-1][:300]
     status, _, body = result.stdout.partition("\n")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
+import shlex
 import shutil
 import subprocess
 import time
@@ -103,7 +104,7 @@ def converged(lab: Lab, monitored: tuple[Path, str]) -> tuple[subprocess.Complet
 def api(lab: Lab, host: str, path: str) -> dict:
     """GET Prometheus's HTTP API on the VM (it listens on the VM's loopback)."""
     fetch = f"import urllib.request; print(urllib.request.urlopen({PROMETHEUS + path!r}, timeout=10).read().decode())"
-    answer = json.loads(lab.sh(host, f"python3 -c {json.dumps(fetch)}"))
+    answer = json.loads(lab.sh(host, f"python3 -c {shlex.quote(fetch)}"))
     assert answer["status"] == "success", answer
     return answer["data"]
 
@@ -168,7 +169,7 @@ def test_exporters_listen_on_loopback_only_and_the_gateway_refuses_metrics(
             "import urllib.request, urllib.error\ntry:\n    print(urllib.request.urlopen("
             f"{NGINX + path!r}, timeout=10).status)\nexcept urllib.error.HTTPError as e:\n    print(e.code)"
         )
-        assert lab.sh(host, f"python3 -c {json.dumps(fetch)}").strip() == str(status), path
+        assert lab.sh(host, f"python3 -c {shlex.quote(fetch)}").strip() == str(status), path
 
 
 def test_load_beyond_the_limit_queues_and_ttft_p95_agrees_with_the_client(

@@ -226,3 +226,28 @@ def test_the_rendered_gateway_refuses_metrics_and_admin_routes_and_serves_stub_s
         subprocess.run([*nginx_argv, "-s", "stop"], check=False)
         server.shutdown()
         server.server_close()
+
+
+def test_fetch_runs_through_a_shell_as_testinfra_runs_it() -> None:
+    """The GET helper of `provision test`'s checks, through a real shell (quoting, newlines in the program)."""
+    import threading
+    from types import SimpleNamespace
+
+    from provision import demo_server
+
+    class Shell:
+        def run(self, command: str) -> SimpleNamespace:
+            done = subprocess.run(command, shell=True, capture_output=True, text=True, check=False)
+            return SimpleNamespace(rc=done.returncode, stdout=done.stdout, stderr=done.stderr)
+
+    server = demo_server.serve(demo_server.options(["--host", "127.0.0.1", "--port", "0"]))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        status, body = monitoring_checks.fetch(Shell(), f"{base}/health?a=1&b=2")
+        assert (status, json.loads(body)) == (200, {"status": "ok"})
+        assert monitoring_checks.fetch(Shell(), f"{base}/nope")[0] == 404
+        assert monitoring_checks.fetch(Shell(), "http://127.0.0.1:1/")[0] is None  # nothing answers there
+    finally:
+        server.shutdown()
+        server.server_close()
