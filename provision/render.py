@@ -66,39 +66,23 @@ def _on_gpu_hosts(name: str) -> Callable[["HostVars"], list[tuple[str, Vars]]]:
     return instances
 
 
+def _alertmanager(variables: "HostVars") -> list[tuple[str, Vars]]:
+    return [("alertmanager.yml", {})] if _true(variables["monitoring_server_alertmanager"]) else []
+
+
+def _template(role: str, name: str, instances: Callable[["HostVars"], list[tuple[str, Vars]]]) -> Renderable:
+    """A role's template whose path is <role>_<name>_template and whose file is __<role>_<name>_src."""
+    return Renderable(f"{role}_{name}_template", f"__{role}_{name}_src", role=role, instances=instances)
+
+
 RENDERABLE: tuple[Renderable, ...] = (
     Renderable("inference_unit_template", "__inference_unit_src", role="inference", instances=_replica_units),
     Renderable("nginx_conf_template", "__nginx_conf_src", role="nginx", instances=_one("nginx.conf")),
-    Renderable(
-        "monitoring_server_config_template",
-        "__monitoring_server_config_src",
-        role="monitoring_server",
-        instances=_one("prometheus.yml"),
-    ),
-    Renderable(
-        "monitoring_server_rules_template",
-        "__monitoring_server_rules_src",
-        role="monitoring_server",
-        instances=_one("provision-alerts.yml"),
-    ),
-    Renderable(
-        "monitoring_server_alertmanager_template",
-        "__monitoring_server_alertmanager_src",
-        role="monitoring_server",
-        instances=lambda v: [("alertmanager.yml", {})] if _true(v["monitoring_server_alertmanager"]) else [],
-    ),
-    Renderable(
-        "monitoring_agent_dcgm_exporter_unit_template",
-        "__monitoring_agent_dcgm_unit_src",
-        role="monitoring_agent",
-        instances=_on_gpu_hosts("dcgm-exporter.service"),
-    ),
-    Renderable(
-        "monitoring_agent_dcgm_counters_template",
-        "__monitoring_agent_dcgm_counters_src",
-        role="monitoring_agent",
-        instances=_on_gpu_hosts("dcgm-counters.csv"),
-    ),
+    _template("monitoring_server", "config", _one("prometheus.yml")),
+    _template("monitoring_server", "rules", _one("provision-alerts.yml")),
+    _template("monitoring_server", "alertmanager", _alertmanager),
+    _template("monitoring_agent", "dcgm_exporter_unit", _on_gpu_hosts("dcgm-exporter.service")),
+    _template("monitoring_agent", "dcgm_counters", _on_gpu_hosts("dcgm-counters.csv")),
 )
 SERVING_PLAYBOOK = "serving.yml"
 # The playbook whose plays say on which hosts each renderable role runs (it imports serving.yml and the others).
