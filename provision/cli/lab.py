@@ -21,7 +21,8 @@ def lab() -> None:
     "--inventory-out",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
-    help="Where to write the lab inventory.  [default: inventories/lab/hosts.yml]",
+    help="Where to write the lab inventory.  [default: inventories/lab/hosts.yml; for an installed provision, "
+    "under the working directory]",
 )
 @click.option(
     "--mirror/--no-mirror",
@@ -40,13 +41,28 @@ def lab_up(hosts: int, inventory_out: Path | None, mirror: bool, base_port: int 
     """Start lab VMs lab1..labN and write their inventory."""
     from provision import lab as lab_vms
 
-    out = inventory_out or paths.INVENTORIES / "lab" / "hosts.yml"
+    out = inventory_out or _default_inventory()
     kwargs = {} if base_port is None else {"base_port": base_port}
     started = lab_vms.up(hosts=hosts, inventory_out=out, mirror=mirror, log=log, flavor=flavor, **kwargs)
     for host in started:
         click.echo(f"{host.name}  127.0.0.1:{host.ssh_port}  pid {host.pid}")
     click.echo(f"inventory: {paths.display(out)}")
     return ExitCode.OK
+
+
+def _default_inventory() -> Path:
+    """inventories/lab/hosts.yml of the checkout; for an installed wheel, of the working directory, next to a copy
+    of the lab's group_vars (files already there are kept), so `provision up -i inventories/lab` works as in a
+    checkout and nothing is written into site-packages."""
+    bundled = paths.INVENTORIES / "lab"
+    if not paths.INSTALLED:
+        return bundled / "hosts.yml"
+    here = Path("inventories/lab")
+    for source in sorted(bundled.rglob("*")):
+        target = here / source.relative_to(bundled)
+        if source.is_file() and not target.exists():
+            paths.write_text(target, source.read_text(encoding="utf-8"), "--inventory-out", parents=True)
+    return here / "hosts.yml"
 
 
 @lab.command("down")
