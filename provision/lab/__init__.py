@@ -28,7 +28,7 @@ import yaml
 
 from provision.errors import EnvironmentProblem, UsageError
 from provision.lab import aptcache
-from provision.lab.image import FLAVORS, LAB_USER, BaseImage, ensure_base_image
+from provision.lab.image import FLAVORS, LAB_USER, BaseImage, building, ensure_base_image
 from provision.lab.qemu import QEMU, Vm, VmSpec, create_blank, create_overlay, guest_exec, qmp, require_tool
 
 Log = Callable[[str], None]
@@ -93,10 +93,12 @@ def up(
     log: Log,
     base_port: int = DEFAULT_BASE_PORT,
     flavor: str = "plain",
+    only: int | None = None,
 ) -> list[LabHost]:
-    """Make sure lab1..labN run, then write the inventory of every running lab host.
+    """Make sure lab1..labN run (with `only`, lab<only> alone), then write the inventory of every running lab host.
 
     Hosts that already run are left as they are; the ones started now are of `flavor` (see image.FLAVORS).
+    Calls at the same time (two test lanes adding hosts) take turns.
     """
     if hosts < 1:
         raise UsageError("--hosts must be at least 1")
@@ -112,11 +114,28 @@ def up(
     append = " ".join(filter(None, [APPEND, FLAVORS[flavor].append]))
     spec = VmSpec(kernel=image.kernel, initrd=image.initrd, append=append, accel=accel)
     template = _ensure_template(d, image, spec, log)
-    if mirror and aptcache.start(d.state, d.cache):
-        log(f"package cache: apt-cacher-ng on 127.0.0.1:{aptcache.PORT} (guests: {aptcache.GUEST_URL})")
+    # The lab's own lock, taken once the image and template are ready (building them may take minutes): one call at
+    # a time starts the package cache and VMs and writes the inventory.
+    with building(d.state / "lab-up"):
+        if mirror and aptcache.start(d.state, d.cache):
+            log(f"package cache: apt-cacher-ng on 127.0.0.1:{aptcache.PORT} (guests: {aptcache.GUEST_URL})")
+        return _start(d, hosts, inventory_out, mirror, log, base_port, flavor, only, spec, template)
 
+
+def _start(
+    d: LabDirs,
+    hosts: int,
+    inventory_out: Path,
+    mirror: bool,
+    log: Log,
+    base_port: int,
+    flavor: str,
+    only: int | None,
+    spec: VmSpec,
+    template: Path,
+) -> list[LabHost]:
     started: list[Vm] = []
-    for index in range(1, hosts + 1):
+    for index in [only] if only else range(1, hosts + 1):
         name = f"lab{index}"
         vm = _vm(d, name, spec)
         if vm.running():
