@@ -1,7 +1,7 @@
 """Benchmark: pulling a 2 GiB model file onto a lab VM's data disk, the weights role versus `curl -o`.
 
 Prints throughputs (median of --runs) and ratios; it asserts nothing.  Both sides fetch the same file
-from the same server on this machine (provision.lab.fileserver, sendfile) through qemu's user network to
+from the same server on this machine (testkit/fileserver.py, sendfile) through qemu's user network to
 the same disk of the same VM, alternating, so load affects both alike.  Our figure includes the sha256
 (computed while streaming) and the fsync before the rename; curl's has no hashing and no fsync.  Our time
 is the module's own (from its summary line), curl's is its time_total: Ansible's per-task overhead is
@@ -34,8 +34,8 @@ sys.path.insert(0, str(ROOT))
 
 from lab import PROVISION, one_vm_lab  # noqa: E402
 
-from provision.lab.fileserver import FileServer, make_file  # noqa: E402
 from provision.weights import lockfile  # noqa: E402
+from testkit.fileserver import FileServer, make_file  # noqa: E402
 
 MOUNT = "/srv/models"
 MODULE = ROOT / "playbooks/roles/weights/library/weights_pull.py"

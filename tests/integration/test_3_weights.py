@@ -1,7 +1,7 @@
 """The weights role on a real lab VM: files pulled from a server on this machine through qemu's user network.
 
 Runs after test_2_disks.py on the same lab: the data disk of lab1 is reset and mounted at /srv/models by the
-disks role once, then the weights go on it (`--tags weights`).  The file server (provision.lab.fileserver)
+disks role once, then the weights go on it (`--tags weights`).  The file server (testkit/fileserver.py)
 serves one directory under two mirror prefixes, logs every request and misbehaves on demand.  Each test
 writes the inventory a user would (group_vars with disks and weights settings) and runs `provision up` as a
 user does.
@@ -23,8 +23,8 @@ import yaml
 from labtools import ROOT, Lab, recap
 from test_2_disks import MOUNT, reset_disk
 
-from provision.lab.fileserver import Fault, FileServer, make_file
 from provision.weights import lockfile
+from testkit.fileserver import Fault, FileServer, make_file
 
 BIG = 1 << 30  # the acceptance's "at least 1 GiB"
 HALF = BIG // 2
