@@ -35,7 +35,7 @@ class Lab:
         """Run provision as a user would; `stdin` feeds it (a password for --password-stdin, a file for tee)."""
         started = time.monotonic()
         proc = subprocess.run(
-            [sys.executable, "-m", "provision", *args],
+            [*PROVISION, *args],
             cwd=ROOT,
             env=self.env,
             input=stdin,
