@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -302,8 +303,10 @@ def _build_base_image(image: BaseImage, log: Callable[[str], None], flavor: str)
     plain = None if flavor == "plain" else ensure_base_image(image.directory.parent.parent, log, "plain")
     log(f"building the lab's Debian 12 {flavor} image (recipe {recipe_hash(flavor)}); this takes a few minutes once")
     image.directory.parent.mkdir(parents=True, exist_ok=True)
+    _sweep_abandoned_builds(image.directory.parent)
     with tempfile.TemporaryDirectory(prefix="build-", dir=image.directory.parent) as tmp:
         work = Path(tmp)
+        (work / "builder.pid").write_text(f"{os.getpid()}\n")
         rootfs = work / "rootfs"
         staged = ["root.qcow2", "vmlinuz", "initrd.img", "recipe.json"]
         if plain is None:
@@ -399,27 +402,59 @@ def _add_flavor(rootfs: Path, flavor: Flavor) -> None:
         script.unlink(missing_ok=True)
 
 
+# The device nodes a chroot gets (as mmdebstrap gives its own): never the builder's /dev bound in, which a build
+# killed before its unmount would leave mounted inside the cache, for the next `rm -r` to empty the host's /dev.
+_DEVICES = (("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9), ("tty", 5, 0))
+
+
 @contextlib.contextmanager
 def _chroot_mounts(rootfs: Path) -> Iterator[None]:
-    """/proc, /sys and /dev inside the root (DKMS and update-initramfs want them) and the builder's resolver (the
-    image's own points at qemu's), all undone afterwards."""
+    """/proc, /sys (read-only) and a /dev of its own inside the root (DKMS and update-initramfs want them) and the
+    builder's resolver (the image's own points at qemu's), all undone afterwards."""
     resolv = rootfs / "etc/resolv.conf"
     original = resolv.read_bytes()
     resolv.write_bytes(Path("/etc/resolv.conf").read_bytes())
     mounted: list[Path] = []
+    dev = rootfs / "dev"
     try:
         for args, target in (
             (["-t", "proc", "proc"], "proc"),
-            (["-t", "sysfs", "sysfs"], "sys"),
-            (["--bind", "/dev"], "dev"),
+            (["-t", "sysfs", "-o", "ro", "sysfs"], "sys"),
+            (["-t", "tmpfs", "-o", "mode=0755,size=16m", "tmpfs"], "dev"),
         ):
             _run(["mount", *args, str(rootfs / target)], f"mount /{target} in the image's root")
             mounted.append(rootfs / target)
+        for name, major, minor in _DEVICES:
+            os.mknod(dev / name, 0o666 | stat.S_IFCHR, os.makedev(major, minor))
+            os.chmod(dev / name, 0o666)
+        for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"),
+                             ("stderr", "/proc/self/fd/2"), ("ptmx", "pts/ptmx")):  # fmt: skip
+            os.symlink(target, dev / name)
+        (dev / "pts").mkdir()
+        _run(["mount", "-t", "devpts", "-o", "newinstance,ptmxmode=0666", "devpts", str(dev / "pts")], "mount /dev/pts")
+        mounted.append(dev / "pts")
         yield
     finally:
         for point in reversed(mounted):
             subprocess.run(["umount", "--lazy", str(point)], check=False)
         resolv.write_bytes(original)
+
+
+def _sweep_abandoned_builds(images: Path) -> None:
+    """Remove the work directories of builds whose process is gone (killed before it cleaned up): unmount what a
+    chroot left mounted under one first, and never cross into another file system while removing."""
+    for work in images.glob("build-*"):
+        try:
+            pid = int((work / "builder.pid").read_text())
+            os.kill(pid, 0)
+            continue  # still building
+        except (OSError, ValueError):
+            pass
+        inside = str(work.resolve()) + "/"
+        points = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()]
+        for point in sorted((p for p in points if p.startswith(inside)), key=len, reverse=True):
+            subprocess.run(["umount", "--lazy", point], check=False)
+        subprocess.run(["rm", "-rf", "--one-file-system", str(work)], check=False)
 
 
 def _run_playbook_in_chroot(rootfs: Path, flavor: Flavor, log_path: Path) -> None:

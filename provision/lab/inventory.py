@@ -30,8 +30,10 @@ def _write_inventory(d: LabDirs, path: Path, hosts: list[LabHostStatus], mirror:
         "ansible_ssh_private_key_file": str(d.key),
         "ansible_ssh_common_args": common_args,
         # An emulated guest on a busy 2-core machine can take over Ansible's default 10 s to answer a new SSH
-        # connection ("Connection timed out" with the VM up and serving); a real host keeps the default.
-        "ansible_timeout": 60,
+        # connection ("Connection timed out" with the VM up and serving): with the load average at 13 (two test
+        # lanes and other work), a VM just resumed took over 60 s to start Mitogen's interpreter. A real host
+        # keeps the default.
+        "ansible_timeout": 120,
         # The package cache on the host, as a mirror; empty when the lab runs without it (--no-mirror).
         "base_apt_mirror": f"{aptcache.GUEST_URL}/deb.debian.org/debian" if mirror else "",
         "base_apt_security_mirror": f"{aptcache.GUEST_URL}/deb.debian.org/debian-security" if mirror else "",

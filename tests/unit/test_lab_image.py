@@ -1,5 +1,8 @@
 """The lab images' recipes: what names a cached image, and what rebuilds it."""
 
+import os
+from pathlib import Path
+
 import pytest
 
 from provision.lab import image
@@ -22,3 +25,13 @@ def test_a_flavor_change_leaves_the_plain_image_and_the_other_flavors(monkeypatc
     monkeypatch.setattr(image, "FLAVORS", flavors)
     after = {flavor: image.recipe_hash(flavor) for flavor in image.FLAVORS}
     assert [flavor for flavor in after if after[flavor] != before[flavor]] == ["oci"]
+
+
+def test_only_abandoned_builds_are_swept(tmp_path: Path) -> None:
+    abandoned, running = tmp_path / "build-old", tmp_path / "build-now"
+    for work, pid in ((abandoned, 2**22 + 1), (running, os.getpid())):  # above pid_max's default: no such process
+        (work / "rootfs").mkdir(parents=True)
+        (work / "builder.pid").write_text(f"{pid}\n")
+    (tmp_path / "debian12-0123").mkdir()
+    image._sweep_abandoned_builds(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["build-now", "debian12-0123"]
