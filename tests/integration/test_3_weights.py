@@ -235,7 +235,8 @@ def test_an_interrupted_run_and_two_runs_at_once_leave_exactly_the_locked_bytes(
         assert first.returncode == 130, out
 
         # The second run's progress file says so while its pull waits (earlier runs' files stay: only a new one).
-        waiting = "sudo grep -ls 'waiting for the pull of' /run/provision/weights-*.json || true"
+        # (/run/provision is root's alone: the file names are expanded as root too.)
+        waiting = "sudo sh -c \"grep -ls 'waiting for the pull of' /run/provision/weights-*.json || true\""
         earlier = set(lab.sh("lab1", waiting).split())
         again = start()
         deadline = time.monotonic() + 420
