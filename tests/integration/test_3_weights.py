@@ -214,9 +214,13 @@ def test_an_interrupted_run_and_two_runs_at_once_leave_exactly_the_locked_bytes(
     command = [sys.executable, "-m", "provision", "up", "-i", str(inv), "--tags", "weights", "--limit", "lab1"]
     expected = lockfile.load(locks / "slow.lock.yml").files[0].sha256
 
+    started: list[subprocess.Popen[str]] = []
+
     def start() -> subprocess.Popen[str]:
-        return subprocess.Popen(command, cwd=ROOT, env=lab.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True)  # fmt: skip
+        run = subprocess.Popen(command, cwd=ROOT, env=lab.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True)  # fmt: skip
+        started.append(run)
+        return run
 
     def on_disk() -> str:
         return lab.sh("lab1", f"sudo sha256sum {MOUNT}/slow/model.bin; ls {MOUNT}/slow").split()[0]
@@ -235,7 +239,8 @@ def test_an_interrupted_run_and_two_runs_at_once_leave_exactly_the_locked_bytes(
         assert first.returncode == 130, out
 
         # The second run's progress file says so while its pull waits (earlier runs' files stay: only a new one).
-        waiting = "sudo grep -ls 'waiting for the pull of' /run/provision/weights-*.json || true"
+        # (/run/provision is root's alone: the file names are expanded as root too.)
+        waiting = "sudo sh -c \"grep -ls 'waiting for the pull of' /run/provision/weights-*.json || true\""
         earlier = set(lab.sh("lab1", waiting).split())
         again = start()
         deadline = time.monotonic() + 420
@@ -243,6 +248,17 @@ def test_an_interrupted_run_and_two_runs_at_once_leave_exactly_the_locked_bytes(
             assert again.poll() is None, again.communicate()[0]
             assert time.monotonic() < deadline, "the second run's pull never waited for the first"
             time.sleep(1)
+    except BaseException:
+        # A run left going would hold lab1's run lock (and fill its pipe) for the modules after this one.
+        for run in started:
+            if run.poll() is None:
+                run.terminate()  # provision stops its ansible-playbook on SIGTERM and lets go of the host
+                try:
+                    run.communicate(timeout=120)
+                except subprocess.TimeoutExpired:
+                    run.kill()
+                    run.communicate()
+        raise
     finally:
         held.set()
     out, _ = again.communicate(timeout=600)
