@@ -295,6 +295,11 @@ def ensure_base_image(cache_dir: Path, log: Callable[[str], None], flavor: str =
     return image
 
 
+# The plain root's tar, written and unpacked with the same options: numeric owners and extended attributes as they
+# are, so a flavor's root starts as exactly the plain one.
+_TAR = ("tar", "--numeric-owner", "--xattrs", "--xattrs-include=*")
+
+
 def _build_base_image(image: BaseImage, log: Callable[[str], None], flavor: str) -> None:
     require_tool("mkfs.ext4", "e2fsprogs")
     require_tool(QEMU_IMG, "qemu-utils")
@@ -311,26 +316,11 @@ def _build_base_image(image: BaseImage, log: Callable[[str], None], flavor: str)
         staged = ["root.qcow2", "vmlinuz", "initrd.img", "recipe.json"]
         if plain is None:
             _bootstrap(rootfs, work / "setup.sh")
-            # Numeric owners and extended attributes as they are: the flavors' roots must be this one exactly.
-            _run(
-                [
-                    "tar",
-                    "-C",
-                    str(rootfs),
-                    "--numeric-owner",
-                    "--xattrs",
-                    "--xattrs-include=*",
-                    "-cf",
-                    str(work / "root.tar"),
-                    ".",
-                ],
-                "tar",
-            )
+            _run([*_TAR, "-C", str(rootfs), "-cf", str(work / "root.tar"), "."], "tar")
             staged.append("root.tar")
         else:
             rootfs.mkdir()
-            tar = ["tar", "-C", str(rootfs), "--numeric-owner", "--xattrs", "--xattrs-include=*"]
-            _run([*tar, "-xf", str(plain.root_tar)], "unpacking the plain image's root")
+            _run([*_TAR, "-C", str(rootfs), "-xf", str(plain.root_tar)], "unpacking the plain image's root")
             _add_flavor(rootfs, FLAVORS[flavor])
         if FLAVORS[flavor].playbook:
             log(f"running playbooks/{FLAVORS[flavor].playbook} in the image's root (Ansible's chroot connection)")
