@@ -33,7 +33,10 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
-from lab import PROVISION, ROOT, lab_vms
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from testkit.lab import PROVISION, throwaway_lab  # noqa: E402
 
 BIN = Path(sys.executable).parent
 WAYS = ("stock", "linear", "mitogen", "floor")
@@ -171,8 +174,12 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="provision-bench-"))
     with ExitStack() as stack:
         if args.inventory is None:
-            lab = lab_vms(tmp, base_port=2351, hosts=2, flavor="docker", serving=True)
-            env, inventory = stack.enter_context(lab)
+            lab = stack.enter_context(throwaway_lab(tmp, base_port=2351, hosts=2, flavor="docker"))
+            # lab1 in the inference and gateway groups (the lab's serving.yml), serving the demo image.
+            shutil.copy(ROOT / "inventories/lab/serving.yml", lab.inventory / "serving.yml")
+            demo_vars = lab.inventory / "group_vars/inference.yml"
+            lab.provision("lab", "demo-image", "--vars-out", str(demo_vars), check=True)
+            env, inventory = lab.env, lab.inventory
         else:
             env, inventory = dict(os.environ), args.inventory
         measure(args, env, inventory, tmp)

@@ -1,7 +1,7 @@
 """Benchmark: pulling a 2 GiB model file onto a lab VM's data disk, the weights role versus `curl -o`.
 
 Prints throughputs (median of --runs) and ratios; it asserts nothing.  Both sides fetch the same file
-from the same server on this machine (provision.lab.fileserver, sendfile) through qemu's user network to
+from the same server on this machine (testkit/fileserver.py, sendfile) through qemu's user network to
 the same disk of the same VM, alternating, so load affects both alike.  Our figure includes the sha256
 (computed while streaming) and the fsync before the rename; curl's has no hashing and no fsync.  Our time
 is the module's own (from its summary line), curl's is its time_total: Ansible's per-task overhead is
@@ -32,10 +32,9 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lab import PROVISION, one_vm_lab  # noqa: E402
-
-from provision.lab.fileserver import FileServer, make_file  # noqa: E402
 from provision.weights import lockfile  # noqa: E402
+from testkit.fileserver import FileServer, make_file  # noqa: E402
+from testkit.lab import PROVISION, throwaway_lab  # noqa: E402
 
 MOUNT = "/srv/models"
 MODULE = ROOT / "playbooks/roles/weights/library/weights_pull.py"
@@ -66,7 +65,8 @@ def main() -> None:
     try:
         make_file(tmp / "served/bench/model.safetensors", size, seed=7)
         lock = lockfile.from_directory(tmp / "served/bench", "bench", "r1")
-        with FileServer(tmp / "served") as server, one_vm_lab(tmp, base_port=2361) as (env, inventory):
+        with FileServer(tmp / "served") as server, throwaway_lab(tmp, base_port=2361) as lab:
+            env, inventory = lab.env, lab.inventory
             url = f"http://10.0.2.2:{server.port}/m1/bench/model.safetensors"
             (inventory / "bench.lock.yml").write_text(lockfile.dump(lock))
             (inventory / "group_vars/lab.yml").write_text(

@@ -23,6 +23,9 @@ def root(package: Path = PACKAGE) -> Path:
 
 
 ROOT = root()
+# True for a wheel's copy (pip install, pipx): nothing may be written there (site-packages can be read-only and is
+# replaced by the next upgrade), so files a command makes go to the working directory instead.
+INSTALLED = ROOT == PACKAGE / "_data"
 PLAYBOOKS = ROOT / "playbooks"
 TEMPLATES = ROOT / "templates"
 INVENTORIES = ROOT / "inventories"

@@ -1,13 +1,14 @@
 """provision lab: local throwaway VMs, through provision.lab."""
 
 import os
+import re
 from pathlib import Path
 
 import click
 
 from provision import paths
 from provision.cli.common import log
-from provision.errors import EnvironmentProblem, ExitCode
+from provision.errors import EnvironmentProblem, ExitCode, UsageError
 
 
 @click.group()
@@ -21,7 +22,8 @@ def lab() -> None:
     "--inventory-out",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
-    help="Where to write the lab inventory.  [default: inventories/lab/hosts.yml]",
+    help="Where to write the lab inventory.  [default: inventories/lab/hosts.yml; for an installed provision, "
+    "under the working directory]",
 )
 @click.option(
     "--mirror/--no-mirror",
@@ -36,17 +38,48 @@ def lab() -> None:
     show_default=True,
     help="Image variant for the VMs started now (hosts already running keep theirs); see `provision lab --help`.",
 )
-def lab_up(hosts: int, inventory_out: Path | None, mirror: bool, base_port: int | None, flavor: str) -> ExitCode:
+@click.option(
+    "--name",
+    "only",
+    metavar="labK",
+    help="Start this VM alone (of --flavor), not lab1..labK-1 that are not running; --hosts is then ignored.",
+)
+def lab_up(
+    hosts: int, inventory_out: Path | None, mirror: bool, base_port: int | None, flavor: str, only: str | None
+) -> ExitCode:
     """Start lab VMs lab1..labN and write their inventory."""
     from provision import lab as lab_vms
 
-    out = inventory_out or paths.INVENTORIES / "lab" / "hosts.yml"
+    index = None
+    if only is not None:
+        match = re.fullmatch(r"lab([1-9][0-9]?)", only)
+        if not match:
+            raise UsageError(f"--name: {only!r} is not a lab VM's name (lab1 .. lab99)")
+        index = int(match.group(1))
+    out = inventory_out or _default_inventory()
     kwargs = {} if base_port is None else {"base_port": base_port}
-    started = lab_vms.up(hosts=hosts, inventory_out=out, mirror=mirror, log=log, flavor=flavor, **kwargs)
+    started = lab_vms.up(
+        hosts=index or hosts, inventory_out=out, mirror=mirror, log=log, flavor=flavor, only=index, **kwargs
+    )
     for host in started:
         click.echo(f"{host.name}  127.0.0.1:{host.ssh_port}  pid {host.pid}")
     click.echo(f"inventory: {paths.display(out)}")
     return ExitCode.OK
+
+
+def _default_inventory() -> Path:
+    """inventories/lab/hosts.yml of the checkout; for an installed wheel, of the working directory, next to a copy
+    of the lab's group_vars (files already there are kept), so `provision up -i inventories/lab` works as in a
+    checkout and nothing is written into site-packages."""
+    bundled = paths.INVENTORIES / "lab"
+    if not paths.INSTALLED:
+        return bundled / "hosts.yml"
+    here = Path("inventories/lab")
+    for source in sorted(bundled.rglob("*")):
+        target = here / source.relative_to(bundled)
+        if source.is_file() and not target.exists():
+            paths.write_text(target, source.read_text(encoding="utf-8"), "--inventory-out", parents=True)
+    return here / "hosts.yml"
 
 
 @lab.command("down")

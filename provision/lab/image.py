@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -217,22 +218,35 @@ class BaseImage:
     def initrd(self) -> Path:
         return self.directory / "initrd.img"
 
+    @property
+    def root_tar(self) -> Path:
+        """The plain image's root as a tar, unpacked by each flavor's build (only the plain image keeps one)."""
+        return self.directory / "root.tar"
+
     def exists(self) -> bool:
         return all(p.exists() for p in (self.disk, self.kernel, self.initrd, self.directory / "recipe.json"))
 
 
 def recipe(flavor: str = "plain") -> dict:
+    """What an image is made of; its hash names the cached image. A flavor names the plain image it starts from
+    (its root, unpacked) and what it adds, so a change to the plain recipe rebuilds every flavor too."""
     extra = FLAVORS[flavor]
+    if flavor == "plain":
+        return {
+            "version": 2,  # 2: the root is kept as a tar, for the flavors
+            "suite": SUITE,
+            "mirrors": [MIRROR, SECURITY_MIRROR],
+            "packages": list(PACKAGES),
+            "root_size": ROOT_SIZE,
+            "setup": SETUP_SCRIPT,
+        }
     base = {
-        "version": 1,
-        "suite": SUITE,
-        "mirrors": [MIRROR, SECURITY_MIRROR],
-        "packages": list(PACKAGES),
-        "root_size": ROOT_SIZE,
-        "setup": SETUP_SCRIPT,
+        "version": 2,
+        "from": f"plain-{recipe_hash('plain')}",
+        "flavor": flavor,
+        "packages": list(extra.packages),
+        "setup": extra.setup,
     }
-    if flavor != "plain":  # the plain recipe stays what it was, so its cached image stays valid
-        base |= {"flavor": flavor, "packages": [*PACKAGES, *extra.packages], "setup": SETUP_SCRIPT + extra.setup}
     if extra.playbook:
         base |= {
             "playbook": extra.playbook,
@@ -281,38 +295,33 @@ def ensure_base_image(cache_dir: Path, log: Callable[[str], None], flavor: str =
     return image
 
 
+# The plain root's tar, written and unpacked with the same options: numeric owners and extended attributes as they
+# are, so a flavor's root starts as exactly the plain one.
+_TAR = ("tar", "--numeric-owner", "--xattrs", "--xattrs-include=*")
+
+
 def _build_base_image(image: BaseImage, log: Callable[[str], None], flavor: str) -> None:
-    require_tool("mmdebstrap", "mmdebstrap")
     require_tool("mkfs.ext4", "e2fsprogs")
     require_tool(QEMU_IMG, "qemu-utils")
+    # A flavor starts from the plain image's root, built first (it is the session lab's image anyway): unpacking
+    # it and installing a few packages natively takes seconds where a bootstrap of its own took minutes.
+    plain = None if flavor == "plain" else ensure_base_image(image.directory.parent.parent, log, "plain")
     log(f"building the lab's Debian 12 {flavor} image (recipe {recipe_hash(flavor)}); this takes a few minutes once")
     image.directory.parent.mkdir(parents=True, exist_ok=True)
+    _sweep_abandoned_builds(image.directory.parent)
     with tempfile.TemporaryDirectory(prefix="build-", dir=image.directory.parent) as tmp:
         work = Path(tmp)
-        rootfs, script = work / "rootfs", work / "setup.sh"
-        script.write_text(recipe(flavor)["setup"])
-        sources = [
-            f"deb {MIRROR} {SUITE} main",
-            f"deb {MIRROR} {SUITE}-updates main",
-            f"deb {SECURITY_MIRROR} {SUITE}-security main",
-        ]
-        _run(
-            [
-                "mmdebstrap",
-                "--quiet",
-                "--variant=apt",
-                "--include=" + ",".join(recipe(flavor)["packages"]),
-                # Keep the package lists: a fresh cloud VM has them and `apt-get update` costs ~30 s under TCG.
-                "--skip=cleanup/apt/lists",
-                f"--customize-hook=upload {script} /root/lab-setup.sh",
-                '--customize-hook=chroot "$1" sh /root/lab-setup.sh',
-                '--customize-hook=rm -f "$1/root/lab-setup.sh"',
-                SUITE,
-                str(rootfs),
-                *sources,
-            ],
-            "mmdebstrap",
-        )
+        (work / "builder.pid").write_text(f"{os.getpid()}\n")
+        rootfs = work / "rootfs"
+        staged = ["root.qcow2", "vmlinuz", "initrd.img", "recipe.json"]
+        if plain is None:
+            _bootstrap(rootfs, work / "setup.sh")
+            _run([*_TAR, "-C", str(rootfs), "-cf", str(work / "root.tar"), "."], "tar")
+            staged.append("root.tar")
+        else:
+            rootfs.mkdir()
+            _run([*_TAR, "-C", str(rootfs), "-xf", str(plain.root_tar)], "unpacking the plain image's root")
+            _add_flavor(rootfs, FLAVORS[flavor])
         if FLAVORS[flavor].playbook:
             log(f"running playbooks/{FLAVORS[flavor].playbook} in the image's root (Ansible's chroot connection)")
             _run_playbook_in_chroot(rootfs, FLAVORS[flavor], work / "playbook.log")
@@ -325,34 +334,117 @@ def _build_base_image(image: BaseImage, log: Callable[[str], None], flavor: str)
         (work / "recipe.json").write_text(json.dumps(recipe(flavor), indent=2, sort_keys=True))
         staging = work / "image"
         staging.mkdir()
-        for name in ("root.qcow2", "vmlinuz", "initrd.img", "recipe.json"):
+        for name in staged:
             (work / name).rename(staging / name)
         (staging / "root.qcow2").chmod(0o444)  # the base of every overlay: never written again
         staging.rename(image.directory)
     log(f"lab image ready: {image.directory}")
 
 
+def _bootstrap(rootfs: Path, script: Path) -> None:
+    """The plain image's root: Debian from its packages with mmdebstrap, and the lab's setup script run in it."""
+    require_tool("mmdebstrap", "mmdebstrap")
+    script.write_text(SETUP_SCRIPT)
+    sources = [
+        f"deb {MIRROR} {SUITE} main",
+        f"deb {MIRROR} {SUITE}-updates main",
+        f"deb {SECURITY_MIRROR} {SUITE}-security main",
+    ]
+    _run(
+        [
+            "mmdebstrap",
+            "--quiet",
+            "--variant=apt",
+            "--include=" + ",".join(PACKAGES),
+            # Keep the package lists: a fresh cloud VM has them and `apt-get update` costs ~30 s under TCG.
+            "--skip=cleanup/apt/lists",
+            f"--customize-hook=upload {script} /root/lab-setup.sh",
+            '--customize-hook=chroot "$1" sh /root/lab-setup.sh',
+            '--customize-hook=rm -f "$1/root/lab-setup.sh"',
+            SUITE,
+            str(rootfs),
+            *sources,
+        ],
+        "mmdebstrap",
+    )
+
+
+def _add_flavor(rootfs: Path, flavor: Flavor) -> None:
+    """Install the flavor's packages in the unpacked plain root and run its setup script, natively in a chroot.
+    No service starts there (policy-rc.d says no, as mmdebstrap's own installs do); the package lists are
+    refreshed first (the plain image's may be older than the archive) and left, as on a fresh cloud VM."""
+    policy = rootfs / "usr/sbin/policy-rc.d"
+    policy.write_text("#!/bin/sh\nexit 101\n")
+    policy.chmod(0o755)
+    script = rootfs / "root/lab-flavor.sh"
+    script.write_text("#!/bin/sh\nset -eu\n" + flavor.setup)
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "DEBIAN_FRONTEND": "noninteractive", "LC_ALL": "C.UTF-8"}
+    try:
+        with _chroot_mounts(rootfs):
+            if flavor.packages:
+                _run(["chroot", str(rootfs), "apt-get", "-q", "update"], "apt-get update in the image's root", env)
+                install = ["apt-get", "-q", "-y", "--no-install-recommends", "install", *flavor.packages]
+                _run(["chroot", str(rootfs), *install], "apt-get install in the image's root", env)
+                _run(["chroot", str(rootfs), "apt-get", "clean"], "apt-get clean in the image's root", env)
+            _run(["chroot", str(rootfs), "sh", "/root/lab-flavor.sh"], "the flavor's setup script", env)
+    finally:
+        policy.unlink(missing_ok=True)
+        script.unlink(missing_ok=True)
+
+
+# The device nodes a chroot gets (as mmdebstrap gives its own): never the builder's /dev bound in, which a build
+# killed before its unmount would leave mounted inside the cache, for the next `rm -r` to empty the host's /dev.
+_DEVICES = (("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9), ("tty", 5, 0))
+
+
 @contextlib.contextmanager
 def _chroot_mounts(rootfs: Path) -> Iterator[None]:
-    """/proc, /sys and /dev inside the root (DKMS and update-initramfs want them) and the builder's resolver (the
-    image's own points at qemu's), all undone afterwards."""
+    """/proc, /sys (read-only) and a /dev of its own inside the root (DKMS and update-initramfs want them) and the
+    builder's resolver (the image's own points at qemu's), all undone afterwards."""
     resolv = rootfs / "etc/resolv.conf"
     original = resolv.read_bytes()
     resolv.write_bytes(Path("/etc/resolv.conf").read_bytes())
     mounted: list[Path] = []
+    dev = rootfs / "dev"
     try:
         for args, target in (
             (["-t", "proc", "proc"], "proc"),
-            (["-t", "sysfs", "sysfs"], "sys"),
-            (["--bind", "/dev"], "dev"),
+            (["-t", "sysfs", "-o", "ro", "sysfs"], "sys"),
+            (["-t", "tmpfs", "-o", "mode=0755,size=16m", "tmpfs"], "dev"),
         ):
             _run(["mount", *args, str(rootfs / target)], f"mount /{target} in the image's root")
             mounted.append(rootfs / target)
+        for name, major, minor in _DEVICES:
+            os.mknod(dev / name, 0o666 | stat.S_IFCHR, os.makedev(major, minor))
+            os.chmod(dev / name, 0o666)
+        for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"),
+                             ("stderr", "/proc/self/fd/2"), ("ptmx", "pts/ptmx")):  # fmt: skip
+            os.symlink(target, dev / name)
+        (dev / "pts").mkdir()
+        _run(["mount", "-t", "devpts", "-o", "newinstance,ptmxmode=0666", "devpts", str(dev / "pts")], "mount /dev/pts")
+        mounted.append(dev / "pts")
         yield
     finally:
         for point in reversed(mounted):
             subprocess.run(["umount", "--lazy", str(point)], check=False)
         resolv.write_bytes(original)
+
+
+def _sweep_abandoned_builds(images: Path) -> None:
+    """Remove the work directories of builds whose process is gone (killed before it cleaned up): unmount what a
+    chroot left mounted under one first, and never cross into another file system while removing."""
+    for work in images.glob("build-*"):
+        try:
+            pid = int((work / "builder.pid").read_text())
+            os.kill(pid, 0)
+            continue  # still building
+        except (OSError, ValueError):
+            pass
+        inside = str(work.resolve()) + "/"
+        points = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()]
+        for point in sorted((p for p in points if p.startswith(inside)), key=len, reverse=True):
+            subprocess.run(["umount", "--lazy", point], check=False)
+        subprocess.run(["rm", "-rf", "--one-file-system", str(work)], check=False)
 
 
 def _run_playbook_in_chroot(rootfs: Path, flavor: Flavor, log_path: Path) -> None:
@@ -391,8 +483,8 @@ def _only(paths: object) -> Path:
     return found[0]
 
 
-def _run(argv: list[str], what: str) -> None:
-    proc = subprocess.run(argv, capture_output=True, text=True, check=False)
+def _run(argv: list[str], what: str, env: dict[str, str] | None = None) -> None:
+    proc = subprocess.run(argv, capture_output=True, text=True, check=False, env=env)
     if proc.returncode != 0:
         tail = "\n".join(proc.stderr.strip().splitlines()[-10:])
         raise EnvironmentProblem(f"lab image: {what} failed (exit {proc.returncode}):\n{tail}")

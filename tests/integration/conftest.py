@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from labtools import BASE_PORT, PHASES, ROOT, SESSION_HOSTS, Lab, our_qemu_pids, phase
+from labtools import BASE_PORT, PHASES, SESSION_HOSTS, Lab, phase
 
 # The images the later modules start VMs of, in the order they need them. On a cold cache they are built in the
 # background while the first modules run on the session lab (a build is mostly downloads and unpacking; the
@@ -86,25 +86,15 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         finally:
             builder.join()
         return
-    state = base / "state"
-    inventory.mkdir()
-    shutil.copytree(ROOT / "inventories" / "lab" / "group_vars", inventory / "group_vars")
-    env = {**os.environ, "PROVISION_LAB_STATE": str(state)}
-    lab = Lab(inventory=inventory, state=state, env=env)
+    lab = Lab.under(base)
     builder = _start_builder()
     try:
         with phase("session lab up (image and template built first on a cold cache)"):
-            lab.provision(
-                "lab", "up", "--hosts", str(len(SESSION_HOSTS)), "--base-port", str(BASE_PORT),
-                "--inventory-out", str(inventory / "hosts.yml"),
-                check=True,
-            )  # fmt: skip
+            lab.up(len(SESSION_HOSTS), BASE_PORT)
         yield lab
     finally:
         builder.join()  # never leave a build half done (its temporary directory in the cache)
-        lab.provision("lab", "down")
-        leftover = our_qemu_pids(state)
-        assert not leftover, f"lab down left qemu processes running: {leftover}"
+        lab.down()
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 """The weights role on a real lab VM: files pulled from a server on this machine through qemu's user network.
 
 Runs after test_2_disks.py on the same lab: the data disk of lab1 is reset and mounted at /srv/models by the
-disks role once, then the weights go on it (`--tags weights`).  The file server (provision.lab.fileserver)
+disks role once, then the weights go on it (`--tags weights`).  The file server (testkit/fileserver.py)
 serves one directory under two mirror prefixes, logs every request and misbehaves on demand.  Each test
 writes the inventory a user would (group_vars with disks and weights settings) and runs `provision up` as a
 user does.
@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,8 +24,8 @@ import yaml
 from labtools import ROOT, Lab, recap
 from test_2_disks import MOUNT, reset_disk
 
-from provision.lab.fileserver import Fault, FileServer, make_file
 from provision.weights import lockfile
+from testkit.fileserver import Fault, FileServer, make_file
 
 BIG = 1 << 30  # the acceptance's "at least 1 GiB"
 HALF = BIG // 2
@@ -205,38 +206,68 @@ def test_an_interrupted_run_and_two_runs_at_once_leave_exactly_the_locked_bytes(
     """The pull outlives a Ctrl-C of `provision up` (as our message says, run it again): the next run's pull must
     not write beside it. And two whole runs started together on one host must both end clean."""
     lab = disk_ready
-    # Slow on purpose: the first request stalls at 16 MiB until the pull's 5 s timeout resumes it.
+    # The first run's request is held at 16 MiB until the second run's pull is seen waiting for it: however slow
+    # the machine, the interrupted run's pull is still in flight when the next one starts (and the pull's own
+    # timeout outlasts the hold).
     inv = inventory(lab, tmp_path, served, locks, [{"name": "slow", "lockfile": "locks/slow.lock.yml"}],
-                    weights_timeout=5, weights_retries=1)  # fmt: skip
+                    weights_timeout=600, weights_retries=1)  # fmt: skip
     command = [sys.executable, "-m", "provision", "up", "-i", str(inv), "--tags", "weights", "--limit", "lab1"]
     expected = lockfile.load(locks / "slow.lock.yml").files[0].sha256
 
+    started: list[subprocess.Popen[str]] = []
+
     def start() -> subprocess.Popen[str]:
-        return subprocess.Popen(command, cwd=ROOT, env=lab.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True)  # fmt: skip
+        run = subprocess.Popen(command, cwd=ROOT, env=lab.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True)  # fmt: skip
+        started.append(run)
+        return run
 
     def on_disk() -> str:
         return lab.sh("lab1", f"sudo sha256sum {MOUNT}/slow/model.bin; ls {MOUNT}/slow").split()[0]
 
     served.clear()
-    served.fault("m1", "slow/model.bin", Fault(stall_after=16 << 20, stall_seconds=30, times=1))
-    first = start()
-    deadline = time.monotonic() + 300
-    while not served.requests("slow/model.bin"):
-        assert first.poll() is None and time.monotonic() < deadline, "the first run never started its pull"
-        time.sleep(0.2)
-    first.send_signal(signal.SIGINT)
-    out, _ = first.communicate(timeout=120)
-    assert first.returncode == 130, out
+    held = threading.Event()
+    served.fault("m1", "slow/model.bin", Fault(stall_after=16 << 20, stall_seconds=540, hold=held, times=1))
+    try:
+        first = start()
+        deadline = time.monotonic() + 300
+        while not served.requests("slow/model.bin"):
+            assert first.poll() is None and time.monotonic() < deadline, "the first run never started its pull"
+            time.sleep(0.2)
+        first.send_signal(signal.SIGINT)
+        out, _ = first.communicate(timeout=120)
+        assert first.returncode == 130, out
 
-    again = start()
+        # The second run's progress file says so while its pull waits (earlier runs' files stay: only a new one).
+        # (/run/provision is root's alone: the file names are expanded as root too.)
+        waiting = "sudo sh -c \"grep -ls 'waiting for the pull of' /run/provision/weights-*.json || true\""
+        earlier = set(lab.sh("lab1", waiting).split())
+        again = start()
+        deadline = time.monotonic() + 420
+        while not set(lab.sh("lab1", waiting).split()) - earlier:
+            assert again.poll() is None, again.communicate()[0]
+            assert time.monotonic() < deadline, "the second run's pull never waited for the first"
+            time.sleep(1)
+    except BaseException:
+        # A run left going would hold lab1's run lock (and fill its pipe) for the modules after this one.
+        for run in started:
+            if run.poll() is None:
+                run.terminate()  # provision stops its ansible-playbook on SIGTERM and lets go of the host
+                try:
+                    run.communicate(timeout=120)
+                except subprocess.TimeoutExpired:
+                    run.kill()
+                    run.communicate()
+        raise
+    finally:
+        held.set()
     out, _ = again.communicate(timeout=600)
     assert again.returncode == 0, out
     assert "Traceback" not in out
     assert "placed by the pull that was already running" in out, out
     assert on_disk() == expected
-    # Only the interrupted run's pull downloaded: its stalled request and its resume.
-    assert len(served.requests("slow/model.bin")) == 2, served.requests("slow/model.bin")
+    # Only the interrupted run's pull downloaded: its one request, held until the second run's pull waited for it.
+    assert len(served.requests("slow/model.bin")) == 1, served.requests("slow/model.bin")
     assert lab.ssh("lab1", f"ls {MOUNT}/slow/model.bin.part").returncode != 0
 
     lab.sh("lab1", f"sudo rm -r {MOUNT}/slow")

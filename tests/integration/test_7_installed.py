@@ -19,6 +19,8 @@ from pathlib import Path
 import pytest
 from labtools import ROOT, Lab, phase, recap
 
+from testkit.wheel import build_wheel
+
 
 @dataclass(frozen=True)
 class Installed:
@@ -33,20 +35,6 @@ class Installed:
         )  # fmt: skip
         print(f"$ provision {' '.join(args)}\n{proc.stdout}\n{proc.stderr}\n(exit {proc.returncode})")
         return proc
-
-
-def _work_tree(into: Path) -> Path:
-    """The checkout's files as git sees them (committed or not, ignored ones left out): what a user builds from."""
-    listed = subprocess.run(
-        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=ROOT, capture_output=True, check=True,
-    ).stdout.decode().split("\0")  # fmt: skip
-    for name in filter(None, listed):
-        source = ROOT / name
-        if source.is_file():
-            (into / name).parent.mkdir(parents=True, exist_ok=True)
-            (into / name).write_bytes(source.read_bytes())
-    return into
 
 
 def _console_scripts(venv: Path) -> None:
@@ -66,9 +54,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
     work = tmp_path_factory.mktemp("wheel")
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
     with phase("wheel built and installed in a fresh venv"):
-        source = _work_tree(work / "source")
-        subprocess.run([*pip, "wheel", "--no-deps", "-w", str(work / "dist"), str(source)], check=True)
-        (wheel,) = (work / "dist").glob("provision-*.whl")
+        wheel = build_wheel(work)
         venv = work / "venv"
         subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
         python = venv / "bin" / "python"

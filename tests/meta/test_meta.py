@@ -4,6 +4,7 @@ light, and every role's public variables are documented in its argument specs (a
 import re
 import subprocess
 import sys
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from click.testing import CliRunner
 
 import provision
 from provision import cli, paths
+from testkit.wheel import build_wheel
 
 PACKAGE = Path(provision.__file__).parent
 HEAVY = ("ansible", "ansible_runner", "jinja2", "paramiko")
@@ -116,6 +118,47 @@ def test_only_argcheck_and_render_import_ansibles_python() -> None:
         if re.search(r"^\s*(from|import) ansible\b", path.read_text(encoding="utf-8"), re.MULTILINE)
     }
     assert importers == {"argcheck.py", "render.py"}
+
+
+# ---- the package carries what users run, and nothing that serves tests only ---------------------------
+
+# Modules nothing in the package imports that belong there all the same: `python -m provision`, and the testinfra
+# suite `provision test` runs by path (shipped as package data).
+ENTRY_POINTS = ("provision.__main__", "provision.smoke.")
+
+
+def test_no_module_of_the_package_serves_only_tests() -> None:
+    """A module that no other module of the package imports is there for tests or bench/ (a file server with
+    faults, a throwaway lab): it belongs in testkit/, which no wheel carries."""
+    sources = {module: (PACKAGE.parent / module.replace(".", "/")) for module in MODULES}
+    texts = {
+        module: (path / "__init__.py" if path.is_dir() else path.with_suffix(".py")).read_text(encoding="utf-8")
+        for module, path in sources.items()
+    }
+
+    def imported(module: str) -> bool:
+        parent, _, leaf = module.rpartition(".")
+        pattern = re.compile(
+            rf"^\s*(from {re.escape(module)} import|import {re.escape(module)}\b"
+            rf"|from {re.escape(parent)} import [^\n]*\b{leaf}\b)",
+            re.MULTILINE,
+        )
+        return any(pattern.search(text) for other, text in texts.items() if other != module)
+
+    unused = [m for m in MODULES if m != "provision" and not m.startswith(ENTRY_POINTS) and not imported(m)]
+    assert unused == [], f"modules only tests or bench/ use (move them to testkit/): {unused}"
+
+
+def test_the_wheel_carries_the_package_and_nothing_else(tmp_path: Path) -> None:
+    """What `pip install .` installs: provision's own modules (and its Ansible project as data), no testkit/,
+    tests/ or bench/."""
+    with zipfile.ZipFile(build_wheel(tmp_path)) as wheel:
+        modules = {
+            ".".join(Path(name).with_suffix("").parts).removesuffix(".__init__")
+            for name in wheel.namelist()
+            if name.endswith(".py") and not name.startswith("provision/_data/")
+        }
+    assert modules == set(MODULES)
 
 
 # ---- roles: defaults <-> argument specs ---------------------------------------------------------------

@@ -320,13 +320,14 @@ def _lab_inventory(tmp_path: Path) -> Path:
 
     from provision import lab
     from provision.lab.demo_image import DemoImage
+    from provision.lab.inventory import _write_inventory
 
     inv = tmp_path / "lab"
     shutil.copytree(paths.INVENTORIES / "lab", inv, ignore=shutil.ignore_patterns("hosts.yml", "inference.yml"))
     state = tmp_path / "state"
     state.mkdir()
     hosts = [lab.LabHostStatus(f"lab{n}", 2200 + n, None, True) for n in (1, 2)]
-    lab._write_inventory(lab.LabDirs(state, tmp_path / "cache"), inv / "hosts.yml", hosts, mirror=True)
+    _write_inventory(lab.LabDirs(state, tmp_path / "cache"), inv / "hosts.yml", hosts, mirror=True)
     image = DemoImage(tmp_path / "demo.tar", "provision-demo:0123456789ab")
     (inv / "group_vars/inference.yml").write_text(yaml.safe_dump(image.inventory_vars()))
     return inv

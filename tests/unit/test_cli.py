@@ -366,11 +366,17 @@ def test_lab_commands_call_the_lab_api(run_cli: Any, monkeypatch: pytest.MonkeyP
     out = tmp_path / "lab.yml"
     result = run_cli("lab", "up", "--hosts", "3", "--no-mirror", "--inventory-out", str(out))
     assert result.code == 0
-    assert calls["up"] == (3, out, False, {"flavor": "plain"})
+    assert calls["up"] == (3, out, False, {"flavor": "plain", "only": None})
     assert "booting" in result.err and "lab1  127.0.0.1:2201  pid 42" in result.out
 
     run_cli("lab", "up", "--base-port", "2300")
-    assert calls["up"] == (2, paths.INVENTORIES / "lab" / "hosts.yml", True, {"flavor": "plain", "base_port": 2300})
+    assert calls["up"] == (
+        2, paths.INVENTORIES / "lab" / "hosts.yml", True, {"flavor": "plain", "only": None, "base_port": 2300}
+    )  # fmt: skip
+    run_cli("lab", "up", "--name", "lab6", "--flavor", "nvidia")
+    assert calls["up"][0] == 6 and calls["up"][3] == {"flavor": "nvidia", "only": 6}
+    bad = run_cli("lab", "up", "--name", "gpu1")
+    assert bad.code == 2 and "--name: 'gpu1' is not a lab VM's name" in bad.err
     assert run_cli("lab", "status").out == "lab1  127.0.0.1:2201  stopped\n"
     assert run_cli("lab", "down").out == "stopped: lab1\n"
     assert run_cli("lab", "ssh", "lab1", "ls", "-la").code == 0

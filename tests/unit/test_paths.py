@@ -44,3 +44,19 @@ def test_other_paths_stay_as_given(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     monkeypatch.chdir(tmp_path)
     assert paths.example(Path(name)) == Path(name)
     assert paths.example(paths.ROOT / "inventories/gcp") == paths.ROOT / "inventories/gcp"
+
+
+def test_an_installed_lab_writes_its_inventory_in_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from provision.cli import lab
+
+    monkeypatch.chdir(tmp_path)
+    assert lab._default_inventory() == paths.INVENTORIES / "lab/hosts.yml"  # a checkout: its own inventories/lab
+    monkeypatch.setattr(paths, "INSTALLED", True)
+    (tmp_path / "inventories/lab/group_vars").mkdir(parents=True)
+    (tmp_path / "inventories/lab/group_vars/all.yml").write_text("# the user's edit\n")
+    assert lab._default_inventory() == Path("inventories/lab/hosts.yml")
+    assert (tmp_path / "inventories/lab/serving.yml").read_text() == (paths.INVENTORIES / "lab/serving.yml").read_text()
+    kept = (tmp_path / "inventories/lab/group_vars/all.yml").read_text()
+    assert kept == "# the user's edit\n", "a file the user has was replaced"

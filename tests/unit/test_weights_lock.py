@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 import yaml
 
-from provision.lab.fileserver import FileServer, make_file
 from provision.weights import lockfile
 from provision.weights.lockfile import LockError
+from testkit.fileserver import FileServer, make_file
 
 
 def model_dir(root: Path) -> Path:

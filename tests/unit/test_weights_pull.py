@@ -16,7 +16,7 @@ from pathlib import Path
 import library_modules
 import pytest
 
-from provision.lab.fileserver import Fault, FileServer, make_file
+from testkit.fileserver import Fault, FileServer, make_file
 
 MODULE = Path(__file__).resolve().parents[2] / "playbooks/roles/weights/library/weights_pull.py"
 wp = library_modules.load(MODULE)  # for the functions; the module as a whole runs as Ansible runs it

@@ -32,6 +32,9 @@ class Fault:
     ignore_range: bool = False  # answer 200 with the whole file to a Range request
     stall_after: int | None = None  # stop sending after this many body bytes, keeping the connection open
     stall_seconds: float = 5.0  # ... for this long, then close it
+    # With stall_after: instead, hold the connection open until this is set (at most stall_seconds), then send
+    # the rest: a transfer that stays in flight exactly as long as a test needs it to.
+    hold: threading.Event | None = None
     times: int | None = None  # how many requests misbehave (None: all)
 
 
@@ -168,7 +171,11 @@ class _Handler(BaseHTTPRequestHandler):
             else:
                 self.wfile.flush()
                 self.connection.sendfile(fh, offset=start, count=count)
-        if count < end - start + 1:
+        if count < end - start + 1 and fault.hold is not None:
+            fault.hold.wait(fault.stall_seconds)
+            with open(target, "rb") as fh:
+                self.connection.sendfile(fh, offset=start + count, count=end - start + 1 - count)
+        elif count < end - start + 1:
             if fault.stall_after is not None:
                 time.sleep(fault.stall_seconds)
             self.close_connection = True

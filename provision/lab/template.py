@@ -1,0 +1,117 @@
+"""The saved, already-booted VM that lab hosts resume from instead of booting, and the acceleration (KVM or
+TCG) it is made for; both are cached and made again only when the image or the VM's settings change."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from provision.errors import EnvironmentProblem
+from provision.lab.image import BaseImage
+from provision.lab.qemu import QEMU, Vm, VmSpec, create_blank, create_overlay, guest_exec, qmp
+from provision.lab.state import LabDirs, Log
+
+APPEND = "root=/dev/vda rw console=ttyS0 net.ifnames=1 systemd.show_status=0"
+DATA_DISK_SIZE = "20G"
+BOOT_TIMEOUT = 300.0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _qemu_version() -> str:
+    return subprocess.run([QEMU, "--version"], capture_output=True, text=True, check=True).stdout.splitlines()[0]
+
+
+def _accel(d: LabDirs, image: BaseImage, log: Log) -> str:
+    """KVM only when it really boots a guest here; the verdict is cached.  Override: PROVISION_LAB_ACCEL."""
+    forced = os.environ.get("PROVISION_LAB_ACCEL", "")
+    if forced in ("kvm", "tcg"):
+        return forced
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return "tcg"
+    key = hashlib.sha256(f"{_qemu_version()} {os.uname().release} {image.directory.name}".encode()).hexdigest()[:16]
+    verdict_file = d.cache / "accel" / key
+    if verdict_file.exists():
+        return verdict_file.read_text().strip()
+    log("checking whether KVM boots a guest on this machine (once)")
+    verdict = "tcg"
+    with tempfile.TemporaryDirectory(prefix="kvm-probe-", dir=d.cache) as tmp:
+        vm = Vm("kvm-probe", Path(tmp), VmSpec(image.kernel, image.initrd, APPEND, accel="kvm"), _free_port(),
+                Path(tmp) / "disk.qcow2", None)  # fmt: skip
+        create_overlay(vm.disk, image.disk)
+        try:
+            vm.start()
+            with vm.wait_for_agent(90.0) as agent:
+                if guest_exec(agent, ["/bin/true"]).rc == 0:
+                    verdict = "kvm"
+        except EnvironmentProblem:
+            pass
+        finally:
+            vm.stop(timeout=5)
+    log(f"KVM {'works' if verdict == 'kvm' else 'does not boot guests here; using TCG emulation'}")
+    verdict_file.parent.mkdir(parents=True, exist_ok=True)
+    verdict_file.write_text(verdict + "\n")
+    return verdict
+
+
+def _ensure_template(d: LabDirs, image: BaseImage, spec: VmSpec, log: Log) -> Path:
+    """A booted VM saved to disk: clones resume from it in seconds instead of booting for half a minute."""
+    identity = {
+        "image": image.directory.name,
+        "spec": {**asdict(spec), "kernel": "", "initrd": ""},
+        "version": 1,
+    }
+    key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+    template = d.cache / "templates" / key
+    if (template / "state.bin").exists():
+        return template
+    log("booting the lab template VM once (its saved state makes later starts fast)")
+    template.parent.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="build-", dir=template.parent) as tmp:
+        work = Path(tmp)
+        vm = Vm("lab-template", work, spec, _free_port(), work / "disk.qcow2", work / "data.qcow2", "lab-data")
+        create_overlay(vm.disk, image.disk)
+        create_blank(vm.data_disk, DATA_DISK_SIZE)  # type: ignore[arg-type]
+        vm.start()
+        try:
+            with vm.wait_for_agent(BOOT_TIMEOUT) as agent:
+                booted = guest_exec(agent, ["/bin/systemctl", "is-system-running", "--wait"], timeout=BOOT_TIMEOUT)
+                if booted.stdout.strip() not in ("running", "degraded"):
+                    raise EnvironmentProblem(f"lab template did not finish booting: {booted.stdout.strip()}")
+                # Less memory in the saved state means faster resumes.
+                guest_exec(agent, ["/bin/sh", "-c", "sync; echo 3 > /proc/sys/vm/drop_caches"])
+            state = work / "state.bin"
+            with qmp(vm.qmp_path, timeout=BOOT_TIMEOUT) as monitor:
+                monitor.call("stop")
+                monitor.call("migrate", uri=f"exec:cat > {state}")
+                while True:
+                    info = monitor.call("query-migrate")
+                    assert isinstance(info, dict)
+                    if info.get("status") == "completed":
+                        break
+                    if info.get("status") in ("failed", "cancelled"):
+                        raise EnvironmentProblem(f"saving the lab template failed: {info}")
+                    time.sleep(0.2)
+        finally:
+            vm.stop()
+        final = work / "template"
+        final.mkdir()
+        (work / "disk.qcow2").rename(final / "disk.qcow2")
+        state.rename(final / "state.bin")
+        (final / "disk.qcow2").chmod(0o444)  # frozen: the backing file of every clone
+        (final / "identity.json").write_text(json.dumps(identity, indent=2, sort_keys=True))
+        final.rename(template)
+    log(f"lab template ready ({time.monotonic() - started:.0f}s)")
+    return template

@@ -1,0 +1,37 @@
+"""The lab images' recipes: what names a cached image, and what rebuilds it."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+from provision.lab import image
+
+
+def test_a_flavor_starts_from_the_plain_image_and_a_plain_change_rebuilds_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    before = {flavor: image.recipe_hash(flavor) for flavor in image.FLAVORS}
+    assert image.recipe("oci")["from"] == f"plain-{before['plain']}"
+    assert image.recipe("oci")["packages"] == list(image.FLAVORS["oci"].packages), "the plain packages are not listed"
+    assert "from" not in image.recipe("plain")
+    monkeypatch.setattr(image, "PACKAGES", (*image.PACKAGES, "strace"))
+    after = {flavor: image.recipe_hash(flavor) for flavor in image.FLAVORS}
+    assert all(after[flavor] != before[flavor] for flavor in image.FLAVORS)
+
+
+def test_a_flavor_change_leaves_the_plain_image_and_the_other_flavors(monkeypatch: pytest.MonkeyPatch) -> None:
+    before = {flavor: image.recipe_hash(flavor) for flavor in image.FLAVORS}
+    flavors = dict(image.FLAVORS)
+    flavors["oci"] = image.Flavor(packages=("iptables",), setup=image.FLAVORS["oci"].setup)
+    monkeypatch.setattr(image, "FLAVORS", flavors)
+    after = {flavor: image.recipe_hash(flavor) for flavor in image.FLAVORS}
+    assert [flavor for flavor in after if after[flavor] != before[flavor]] == ["oci"]
+
+
+def test_only_abandoned_builds_are_swept(tmp_path: Path) -> None:
+    abandoned, running = tmp_path / "build-old", tmp_path / "build-now"
+    for work, pid in ((abandoned, 2**22 + 1), (running, os.getpid())):  # above pid_max's default: no such process
+        (work / "rootfs").mkdir(parents=True)
+        (work / "builder.pid").write_text(f"{pid}\n")
+    (tmp_path / "debian12-0123").mkdir()
+    image._sweep_abandoned_builds(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["build-now", "debian12-0123"]
