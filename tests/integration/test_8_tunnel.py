@@ -109,7 +109,7 @@ def test_the_tunnel_forwards_both_ways_and_a_second_run_changes_nothing(tunnels:
 
 def test_ssh_killed_is_started_again_by_systemd(tunnels: Tunnels) -> None:
     before = tunnels.state()
-    assert before["ActiveState"] == "active", before
+    assert before["ActiveState"] == "active" and before["MainPID"] != "0", before  # systemd knows ssh's pid
     tunnels.lab.sh(NEAR, f"sudo kill -9 {before['MainPID']}")
     restarts = int(before["NRestarts"]) + 1
     tunnels.wait(NEAR, f'[ "$(systemctl show --property NRestarts --value {UNIT})" -ge {restarts} ] && '
