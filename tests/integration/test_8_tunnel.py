@@ -49,8 +49,8 @@ class Tunnels:
         return dict(line.split("=", 1) for line in shown.split())
 
     def wait(self, host: str, condition: str) -> None:
-        """Until a shell condition holds on the host (a minute and a half at most, then the test fails)."""
-        self.lab.sh(host, f"timeout 90 sh -c 'until {condition}; do sleep 1; done'")
+        """Until a shell condition holds on the host (three minutes at most, then the test fails)."""
+        self.lab.sh(host, f"timeout 180 sh -c 'until {condition}; do sleep 1; done'")
 
 
 @pytest.fixture(scope="module")
