@@ -25,16 +25,20 @@ def parse_unit_state(text: str) -> dict[str, str]:
     return {key: value.strip() for key, value in pairs}
 
 
-def tunnel_state_problems(unit: str, state: dict[str, str], journal: str = "") -> list[str]:
-    """Nothing when the unit is active; else one line saying how it stands, why systemd stopped, and ssh's last word."""
+def tunnel_state_problems(unit: str, state: dict[str, str], journal: str = "", ssh_said: str = "") -> list[str]:
+    """Nothing when the unit is active; else one line saying how it stands, whether systemd gave up on it (its start
+    limit), and ssh's last word. `journal` is the unit's journal (systemd's lines about it included), `ssh_said`
+    what ssh itself wrote there (_SYSTEMD_UNIT)."""
     if state.get("LoadState") == "not-found" or "ActiveState" not in state:
         return [f"{unit} is not installed: provision up writes it"]
     if state["ActiveState"] == "active":
         return []
-    result = state.get("Result", "?")
-    why = "systemd gave up after its start limit" if result == "start-limit-hit" else f"result {result}"
+    # systemd keeps the first failure's Result (exit-code) when the start limit ends the restarts; it logs this.
+    limit = state.get("Result") == "start-limit-hit" or "Start request repeated too quickly" in journal
+    why = "systemd gave up: start limit hit" if limit else f"result {state.get('Result', '?')}"
+    said = [line.strip() for line in ssh_said.splitlines() if line.strip()]
+    last = f"; ssh said: {said[-1][:200]}" if said else ""
     restarts = state.get("NRestarts", "?")
-    last = f"; ssh said: {journal.strip().splitlines()[-1][:200]}" if journal.strip() else ""
     return [f"{unit} is {state['ActiveState']} ({state.get('SubState', '?')}, {why}, {restarts} restarts){last}"]
 
 
@@ -45,12 +49,11 @@ def tunnel_problems(host: Any, forwards: list[dict[str, Any]]) -> list[str]:
         with host.sudo():
             shown = host.run(f"systemctl show --property {','.join(SHOWN)},LoadState {unit}")
             state = parse_unit_state(shown.stdout)
-            journal = (
-                ""
-                if state.get("ActiveState") == "active"
-                else host.run(f"journalctl --unit {unit} --lines 3 --no-pager --output cat").stdout
-            )
-        found = tunnel_state_problems(unit, state, journal)
+            journal = ssh_said = ""
+            if state.get("ActiveState") != "active":
+                journal = host.run(f"journalctl --unit {unit} --lines 20 --no-pager --output cat").stdout
+                ssh_said = host.run(f"journalctl _SYSTEMD_UNIT={unit} --lines 3 --no-pager --output cat").stdout
+        found = tunnel_state_problems(unit, state, journal, ssh_said)
         problems += found
         if not found:
             problems += [

@@ -137,9 +137,15 @@ SHOWN = "ActiveState={}\nSubState={}\nResult={}\nNRestarts=4\nLoadState=loaded\n
     ("shown", "journal", "expected"),
     [
         (SHOWN.format("active", "running", "success"), "", []),
-        (SHOWN.format("failed", "failed", "start-limit-hit"), "x\nHost key verification failed.\n",
-         ["tunnel-a.service is failed (failed, systemd gave up after its start limit, 4 restarts); "
+        # systemd keeps the first failure's result when the limit stops its restarts; its journal says why.
+        (SHOWN.format("failed", "failed", "exit-code"),
+         "Host key verification failed.\ntunnel-a.service: Main process exited, code=exited, status=255/EXCEPTION\n"
+         "tunnel-a.service: Start request repeated too quickly.\ntunnel-a.service: Failed with result 'exit-code'.\n"
+         "Failed to start tunnel-a.service - SSH tunnel a to t@10.0.2.2:22.\n",
+         ["tunnel-a.service is failed (failed, systemd gave up: start limit hit, 4 restarts); "
           "ssh said: Host key verification failed."]),
+        (SHOWN.format("failed", "failed", "start-limit-hit"), "",
+         ["tunnel-a.service is failed (failed, systemd gave up: start limit hit, 4 restarts)"]),
         (SHOWN.format("activating", "auto-restart", "exit-code"), "",
          ["tunnel-a.service is activating (auto-restart, result exit-code, 4 restarts)"]),
         ("ActiveState=inactive\nLoadState=not-found\n", "",
@@ -148,7 +154,9 @@ SHOWN = "ActiveState={}\nSubState={}\nResult={}\nNRestarts=4\nLoadState=loaded\n
 )  # fmt: skip
 def test_a_tunnel_unit_that_is_not_active_is_reported(shown: str, journal: str, expected: list[str]) -> None:
     state = tunnel_checks.parse_unit_state(shown)
-    assert tunnel_checks.tunnel_state_problems("tunnel-a.service", state, journal) == expected
+    # What ssh itself wrote: the unit's journal without systemd's lines about it (journalctl _SYSTEMD_UNIT=).
+    ssh_said = "\n".join(line for line in journal.splitlines() if "tunnel-a.service" not in line)
+    assert tunnel_checks.tunnel_state_problems("tunnel-a.service", state, journal, ssh_said) == expected
 
 
 def test_local_forwards_listen_on_loopback_unless_told() -> None:
