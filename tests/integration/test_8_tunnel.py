@@ -57,6 +57,7 @@ class Tunnels:
 def tunnels(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tunnels]:
     tunnels = Tunnels(lab, tmp_path_factory.mktemp("tunnel"))
     lab.sh(FAR, f"mkdir -p /tmp/tunnel-web && echo served by {FAR} > /tmp/tunnel-web/index.html")
+    lab.ssh(FAR, "sudo systemctl stop tunnel-test-web")  # one left by a run that was cut short
     lab.sh(FAR, f"sudo systemd-run --unit tunnel-test-web python3 -m http.server {WEB_PORT} --bind 127.0.0.1 "
                 "--directory /tmp/tunnel-web")  # fmt: skip
     try:

@@ -78,6 +78,7 @@ def relay(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Relay]
         ("relay-test-good", GOOD_PORT, "good"),
         ("relay-test-untrusted", UNTRUSTED_PORT, "untrusted"),
     ):
+        lab.ssh(HOST, f"sudo systemctl stop {unit}")  # one left by a run that was cut short
         lab.sh(HOST, f"sudo systemd-run --unit {unit} python3 {REMOTE}/relay_upstream.py {port} "
                      f"{REMOTE}/{cert}.pem {REMOTE}/{cert}.key")  # fmt: skip
     password = secrets.token_urlsafe(18)
