@@ -131,7 +131,8 @@ def test_the_relay_lets_in_the_right_clients_and_trusts_only_its_ca(relay: Relay
         answered = relay.get("/api/echo")
         assert answered == {"status": 200, "body": {"host": f"{UPSTREAM}:{GOOD_PORT}", "authorization": False}}
         assert relay.get("/api/echo", password=False)["status"] == 401
-        outside = relay.lab.sh(HOST, "hostname -I").split()[0]  # lab2's own NIC: not 127.0.0.1
+        # lab2's own IPv4 address on its NIC: not 127.0.0.1.
+        outside = next(address for address in relay.lab.sh(HOST, "hostname -I").split() if ":" not in address)
         assert relay.get("/api/echo", address=outside)["status"] == 403
         assert relay.get("/untrusted/echo")["status"] == 502
         errors = relay.lab.sh(HOST, "sudo tail -n 20 /var/log/nginx/error.log")
