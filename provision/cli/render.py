@@ -25,7 +25,10 @@ def render(inventory_path: Path, host: str, out_dir: Path | None) -> ExitCode:
 
     files = rendering.render_host(inventory.load_inventory(inventory_path), host, out_dir)
     if not files:
-        groups = " and ".join(f"{role} on {pattern!r}" for role, pattern in rendering.render_groups().items())
+        serving = {item.role for item in rendering.RENDERABLE if item.playbook == rendering.SERVING_PLAYBOOK}
+        groups = " and ".join(
+            f"{role} on {pattern!r}" for role, pattern in rendering.render_groups().items() if role in serving
+        )
         log(f"nothing to render for {host}: {rendering.SERVING_PLAYBOOK} runs {groups}, and {host} is in neither")
     for file in files:
         if out_dir is None:
