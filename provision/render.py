@@ -28,8 +28,9 @@ Vars = Mapping[str, Any]
 class Renderable:
     template_var: str  # the role variable holding the template's path, so a user's override wins
     source_var: str  # the role's internal variable that turns it into the file the template task reads
-    role: str  # the role that writes the file: playbooks/serving.yml says on which hosts it runs
+    role: str  # the role that writes the file: the play of `playbook` that runs it says on which hosts
     instances: Callable[["HostVars"], list[tuple[str, Vars]]]  # (file name, the variables the role sets for it)
+    playbook: str = "serving.yml"
 
 
 @dataclass(frozen=True)
@@ -70,23 +71,33 @@ def _alertmanager(variables: "HostVars") -> list[tuple[str, Vars]]:
     return [("alertmanager.yml", {})] if _true(variables["monitoring_server_alertmanager"]) else []
 
 
-def _template(role: str, name: str, instances: Callable[["HostVars"], list[tuple[str, Vars]]]) -> Renderable:
+def _template(
+    playbook: str, role: str, name: str, instances: Callable[["HostVars"], list[tuple[str, Vars]]]
+) -> Renderable:
     """A role's template whose path is <role>_<name>_template and whose file is __<role>_<name>_src."""
-    return Renderable(f"{role}_{name}_template", f"__{role}_{name}_src", role=role, instances=instances)
+    return Renderable(f"{role}_{name}_template", f"__{role}_{name}_src", role, instances, playbook)
+
+
+def _tunnel_units(variables: "HostVars") -> list[tuple[str, Vars]]:
+    """One unit per SSH tunnel, as the tunnel role loops over them (its loop variable __tunnel_forward)."""
+    return [
+        (f"tunnel-{forward['name']}.service", {"__tunnel_forward": forward})
+        for forward in variables["__tunnel_forwards_full"]
+    ]
 
 
 RENDERABLE: tuple[Renderable, ...] = (
     Renderable("inference_unit_template", "__inference_unit_src", role="inference", instances=_replica_units),
     Renderable("nginx_conf_template", "__nginx_conf_src", role="nginx", instances=_one("nginx.conf")),
-    _template("monitoring_server", "config", _one("prometheus.yml")),
-    _template("monitoring_server", "rules", _one("provision-alerts.yml")),
-    _template("monitoring_server", "alertmanager", _alertmanager),
-    _template("monitoring_agent", "dcgm_exporter_unit", _on_gpu_hosts("dcgm-exporter.service")),
-    _template("monitoring_agent", "dcgm_counters", _on_gpu_hosts("dcgm-counters.csv")),
+    Renderable(
+        "tunnel_unit_template", "__tunnel_unit_src", role="tunnel", instances=_tunnel_units, playbook="tunnel.yml"
+    ),
+    _template("monitoring.yml", "monitoring_server", "config", _one("prometheus.yml")),
+    _template("monitoring.yml", "monitoring_server", "rules", _one("provision-alerts.yml")),
+    _template("monitoring.yml", "monitoring_server", "alertmanager", _alertmanager),
+    _template("monitoring.yml", "monitoring_agent", "dcgm_exporter_unit", _on_gpu_hosts("dcgm-exporter.service")),
+    _template("monitoring.yml", "monitoring_agent", "dcgm_counters", _on_gpu_hosts("dcgm-counters.csv")),
 )
-SERVING_PLAYBOOK = "serving.yml"
-# The playbook whose plays say on which hosts each renderable role runs (it imports serving.yml and the others).
-SITE_PLAYBOOK = "site.yml"
 
 
 def render_host(inventory: Inventory, host: str, out_dir: Path | None = None) -> list[RenderedFile]:
@@ -116,13 +127,16 @@ def render_host(inventory: Inventory, host: str, out_dir: Path | None = None) ->
 
 
 def render_groups() -> dict[str, str]:
-    """role -> the hosts pattern of the play in playbooks/site.yml that runs it (for the renderable roles)."""
-    playbook = paths.PLAYBOOKS / SITE_PLAYBOOK
-    found = {use.role.name: use.hosts for use in argcheck.role_uses(playbook)}
-    missing = sorted({item.role for item in RENDERABLE} - set(found))
-    if missing:
-        raise UsageError(f"{paths.display(playbook)}: no play runs the role(s) {', '.join(missing)}")
-    return {item.role: found[item.role] for item in RENDERABLE}
+    """role -> the hosts pattern of the play that runs it, in the playbook its Renderable names."""
+    groups = {}
+    for name in sorted({item.playbook for item in RENDERABLE}):
+        playbook = paths.PLAYBOOKS / name
+        found = {use.role.name: use.hosts for use in argcheck.role_uses(playbook)}
+        missing = sorted({item.role for item in RENDERABLE if item.playbook == name} - set(found))
+        if missing:
+            raise UsageError(f"{paths.display(playbook)}: no play runs the role(s) {', '.join(missing)}")
+        groups.update({item.role: found[item.role] for item in RENDERABLE if item.playbook == name})
+    return {item.role: groups[item.role] for item in RENDERABLE}
 
 
 def role_defaults() -> dict[str, Any]:

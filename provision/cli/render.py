@@ -32,7 +32,7 @@ def render(inventory_path: Path, host: str, out_dir: Path | None) -> ExitCode:
             if host not in loaded.select(pattern)
         ]
         groups = ", ".join(runs[:-1]) + f" and {runs[-1]}"
-        log(f"nothing to render for {host}: {rendering.SITE_PLAYBOOK} runs {groups}, and {host} is in none of them")
+        log(f"nothing to render for {host}: {paths.SITE_PLAYBOOK.name} runs {groups}, and {host} is in none of them")
     for file in files:
         if out_dir is None:
             click.echo(f"# ==> {file.name} <==")

@@ -3,10 +3,10 @@ real `ansible.builtin.template` module in ansible-playbook on a local connection
 byte, and match the expected files.
 
 Two kinds of case:
-- render/<case>/ (test_render.py): the case's inventory, run through the plays of playbooks/serving.yml and
-  monitoring.yml, limited to the case's first host, with stand-in roles that have the real roles' defaults, vars
-  and templates and only their template task (template_module/<role>.yml); one ansible-playbook run takes every
-  case in turn, re-reading the inventory.
+- render/<case>/ (test_render.py): the case's inventory, run through the plays of playbooks/serving.yml,
+  monitoring.yml and tunnel.yml, limited to the case's first host, with stand-in roles that have the real roles'
+  defaults, vars and templates and only their template task (template_module/<role>.yml); one ansible-playbook run
+  takes every case in turn, re-reading the inventory.
 - templates/<case>/case.yml: a role template that `provision render` does not show (base, ssh): `role`,
   `template` (the role variable naming it), `facts` (the host's), `vars` (the host's inventory variables) and
   `set_facts` (what the role's earlier tasks set), with expected/<template name without .j2>. All these run in
@@ -90,18 +90,19 @@ def module_rendered(
     """case -> file -> what the template module wrote, all cases in one ansible-playbook run.
 
     For each case: a play on localhost points the inventory at the case's file and re-reads it (so each case
-    sees only its own hosts, groups and group_vars), then serving.yml's plays (hosts, roles, order; no become
-    or facts) run with stand-in roles, then the hosts' facts are cleared for the next case.
+    sees only its own hosts, groups and group_vars), then the plays of serving.yml and tunnel.yml (the playbooks
+    of render.RENDERABLE: hosts, roles, order; no become or facts) run with stand-in roles, then the hosts'
+    facts are cleared for the next case.
     """
     project = tmp_path_factory.mktemp("serving-project")
     (project / "playbooks").mkdir()
     (project / "templates").symlink_to(paths.TEMPLATES)  # the roles' playbook_dir/../templates
-    rendering_roles = ("inference", "nginx", "monitoring_agent", "monitoring_server")
-    roles = stand_in_roles(project / "playbooks", {role: STAND_INS / f"{role}.yml" for role in rendering_roles})
+    renderable = {item.role for item in render.RENDERABLE}
+    roles = stand_in_roles(project / "playbooks", {role: STAND_INS / f"{role}.yml" for role in renderable})
     serving = [
         play
-        for playbook in (render.SERVING_PLAYBOOK, "monitoring.yml")
-        for play in yaml.safe_load((paths.PLAYBOOKS / playbook).read_text(encoding="utf-8"))
+        for name in dict.fromkeys(item.playbook for item in render.RENDERABLE)
+        for play in yaml.safe_load((paths.PLAYBOOKS / name).read_text(encoding="utf-8"))
     ]
     current, out = project / "inventory.yml", project / "out"
     plays: list[dict[str, Any]] = []
