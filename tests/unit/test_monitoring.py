@@ -131,6 +131,36 @@ def test_scrape_targets_cover_the_whole_inventory_and_name_each_host() -> None:
     assert [c["labels"]["host"] for c in jobs["dcgm"]] == ["gpu1"]
 
 
+def test_replicas_are_scraped_where_they_listen(tmp_path: Path) -> None:
+    """Loopback replicas on the Prometheus host itself at 127.0.0.1, privately bound ones at their address."""
+    (tmp_path / "hosts.yml").write_text(
+        yaml.safe_dump({"all": {"children": {
+            "monitoring": {"hosts": {"mon1": {"monitoring_address": "10.0.0.10"}}},
+            "inference": {"hosts": {"mon1": None, "gw1": {"inference_bind_address": "10.0.0.11"},
+                                    "any1": {"inference_bind_address": "0.0.0.0", "monitoring_address": "10.0.0.12"}}},
+        }}})
+    )  # fmt: skip
+    (config,) = [
+        f for f in render.render_host(load_inventory(tmp_path / "hosts.yml"), "mon1") if f.name == "prometheus.yml"
+    ]
+    (inference,) = [job for job in yaml.safe_load(config.text)["scrape_configs"] if job["job_name"] == "inference"]
+    targets = {c["labels"]["host"]: c["targets"] for c in inference["static_configs"]}
+    assert targets == {"mon1": ["127.0.0.1:8000"], "gw1": ["10.0.0.11:8000"], "any1": ["10.0.0.12:8000"]}
+
+
+def test_exporters_accept_the_host_itself_and_the_monitoring_hosts_only() -> None:
+    """systemd's per-unit filter in the exporters' drop-ins: it holds on a host without a firewall."""
+    inventory = load_inventory(GOLDEN / "monitoring-fleet/inventory.yml")
+    assert render.HostVars(inventory, "gw1")["__monitoring_agent_ip_access"] == [
+        "IPAddressDeny=any", "IPAddressAllow=localhost 10.0.0.11 10.0.0.10"
+    ]  # fmt: skip
+    assert (
+        render.HostVars(inventory, "db1")["__monitoring_agent_ip_access"][1]
+        == "IPAddressAllow=localhost 127.0.0.1 10.0.0.10"
+    )
+    assert render.HostVars(inventory, "mon1")["__monitoring_agent_ip_access"][1] == "IPAddressAllow=localhost 10.0.0.10"
+
+
 # ---- provision test's checks ------------------------------------------------------------------------------
 
 SS = """LISTEN 0      4096       127.0.0.1:9100      0.0.0.0:*
