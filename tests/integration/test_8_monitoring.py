@@ -1,21 +1,24 @@
-"""Monitoring on a real lab VM: exporters, Prometheus and its alerts around the demo replicas behind nginx.
+"""Monitoring on real lab VMs: exporters, Prometheus and its alerts around the demo replicas behind nginx.
 
 The docker-flavor VM of the session (the one test_5_serving uses) is in the inference, gateway and monitoring
-groups: Prometheus there scrapes its node exporter, nginx exporter and both demo replicas on loopback, with
-intervals shortened by the inventory so alerts go pending and firing within seconds. Until the lab has a private
-network between VMs (the egress issue), every lab host's address is 127.0.0.1 (a port forward on this machine),
-so the scrape group is this one VM; scraping another VM over that network is the test to add then.
+groups; lab1 of the session lab is a second monitored host. Both export on their address on the lab's private
+segment (monitoring_address from the lab's private_address): Prometheus on the docker VM scrapes its own node and
+nginx exporters there, its demo replicas on loopback, and lab1's node exporter over the segment, with intervals
+shortened by the inventory so alerts go pending and firing within seconds. lab2, on the segment too but not a
+monitoring host, is the outsider the exporters must not answer.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import os
 import shlex
 import shutil
 import subprocess
 import time
 import urllib.parse
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,10 +26,10 @@ import yaml
 from labtools import ROOT, Lab, recap
 
 from provision import demo_server
+from provision.smoke import monitoring_checks
 
-# The session's VMs idle while this module works on its own: paused, they leave it their CPU.
-pytestmark = pytest.mark.usefixtures("session_hosts_paused")
-
+MONITORED = "lab1"  # of the session lab: a monitored host that is not the monitoring host
+OUTSIDER = "lab2"  # of the session lab: on the private segment, but not a monitoring host
 CLIENT = "/tmp/llm_client.py"
 PROMETHEUS = "http://127.0.0.1:9090"
 NGINX = "http://127.0.0.1:80"
@@ -49,9 +52,29 @@ http.server.HTTPServer(("127.0.0.1", 9099), Handler).serve_forever()
 """
 
 
+@pytest.fixture(scope="module", autouse=True)
+def outsider_paused(lab: Lab) -> Iterator[None]:
+    """The outsider idles until the cross-VM test: paused, it leaves the others its CPU (unless the other lane of
+    a split run works on it)."""
+    if os.environ.get("PROVISION_TEST_SHARED_LAB"):
+        yield
+        return
+    lab.pause(OUTSIDER)
+    try:
+        yield
+    finally:
+        lab.resume(OUTSIDER)
+
+
+def private_address(lab: Lab, host: str) -> str:
+    return str(yaml.safe_load((lab.inventory / "hosts.yml").read_text())["all"]["children"]["lab"]["hosts"][host]
+               ["private_address"])  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def monitored(lab: Lab, docker_host: str, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    """An inventory where the docker host serves two demo replicas behind nginx and is the monitoring host."""
+    """An inventory where the docker host serves two demo replicas behind nginx and is the monitoring host, and
+    lab1 is monitored too; both export on their private address."""
     inventory = tmp_path_factory.mktemp("monitoring") / "inventory"
     shutil.copytree(lab.inventory, inventory)
     settings_file = inventory / "group_vars" / "inference.yml"
@@ -63,7 +86,7 @@ def monitored(lab: Lab, docker_host: str, tmp_path_factory: pytest.TempPathFacto
     (inventory / "group_vars" / "monitoring.yml").write_text(
         yaml.safe_dump(
             {
-                "monitoring_server_scrape_group": "monitoring",  # see the module's docstring
+                "monitoring_server_scrape_group": "monitored",  # not lab2 (nor other modules' hosts)
                 "monitoring_server_scrape_interval": "2s",
                 "monitoring_server_scrape_timeout": "2s",
                 "monitoring_server_evaluation_interval": "2s",
@@ -76,7 +99,11 @@ def monitored(lab: Lab, docker_host: str, tmp_path_factory: pytest.TempPathFacto
             }
         )
     )
-    groups = {name: {"hosts": {docker_host: None}} for name in ("inference", "gateway", "monitoring")}
+    groups: dict = {name: {"hosts": {docker_host: None}} for name in ("inference", "gateway", "monitoring")}
+    groups["monitored"] = {
+        "hosts": {docker_host: None, MONITORED: None},
+        "vars": {"monitoring_address": "{{ private_address }}"},  # the lab's address on its private segment
+    }
     (inventory / "monitoring.yml").write_text(yaml.safe_dump({"all": {"children": groups}}))
     script = base64.b64encode((ROOT / "provision/smoke/llm_client.py").read_bytes()).decode()
     lab.sh(docker_host, f"echo {script} | base64 -d > {CLIENT}")
@@ -89,16 +116,20 @@ def monitored(lab: Lab, docker_host: str, tmp_path_factory: pytest.TempPathFacto
 @pytest.fixture(scope="module")
 def converged(lab: Lab, monitored: tuple[Path, str]) -> tuple[subprocess.CompletedProcess[str], ...]:
     inventory, host = monitored
+    hosts = f"{host},{MONITORED}"
     # Check mode and the second run of the serving roles are test_5_serving's; here only the monitoring roles'.
-    check = lab.provision("up", "-i", str(inventory), "--tags", "monitoring", "--limit", host, "--check")
-    before = lab.sh(
-        host,
-        "for p in prometheus prometheus-node-exporter prometheus-nginx-exporter; do "
-        "dpkg-query -W -f '${Status}\\n' $p 2>/dev/null | grep -q 'install ok installed' && echo $p installed; "
-        "done; ls /etc/provision/*.args 2>/dev/null; true",
+    check = lab.provision("up", "-i", str(inventory), "--tags", "monitoring", "--limit", hosts, "--check")
+    before = "".join(
+        lab.sh(
+            name,
+            "for p in prometheus prometheus-node-exporter prometheus-nginx-exporter; do "
+            "dpkg-query -W -f '${Status}\\n' $p 2>/dev/null | grep -q 'install ok installed' && echo $p installed; "
+            "done; ls /etc/provision/*.args /etc/systemd/system/prometheus-*.service.d 2>/dev/null; true",
+        )
+        for name in (host, MONITORED)
     )
-    first = lab.provision("up", "-i", str(inventory), "--tags", TAGS, "--limit", host)
-    second = lab.provision("up", "-i", str(inventory), "--tags", "monitoring", "--limit", host)
+    first = lab.provision("up", "-i", str(inventory), "--tags", TAGS, "--limit", hosts)
+    second = lab.provision("up", "-i", str(inventory), "--tags", "monitoring", "--limit", hosts)
     return check, before, first, second
 
 
@@ -108,6 +139,11 @@ def api(lab: Lab, host: str, path: str) -> dict:
     answer = json.loads(lab.sh(host, f"python3 -c {shlex.quote(fetch)}"))
     assert answer["status"] == "success", answer
     return answer["data"]
+
+
+def status_of(lab: Lab, vm: str, url: str) -> str:
+    """The HTTP status of a GET of `url` made on the VM (provision test's own fetch)."""
+    return lab.sh(vm, f"python3 -c {shlex.quote(monitoring_checks.FETCH)} {shlex.quote(url)}").splitlines()[0]
 
 
 def query(lab: Lab, host: str, promql: str) -> list[dict]:
@@ -128,8 +164,9 @@ def wait_for(what: str, probe, seconds: float = 90, every: float = 2):  # type: 
 def test_check_mode_on_a_fresh_host_changes_nothing(converged: tuple, monitored: tuple[Path, str]) -> None:
     check, before, _, _ = converged
     assert check.returncode == 0, check.stdout + check.stderr
-    assert recap(check.stdout)[monitored[1]]["changed"] > 0, "check mode should report what the first run changes"
-    assert before.strip() == "", before  # no exporter package, no arguments file
+    for host in (monitored[1], MONITORED):
+        assert recap(check.stdout)[host]["changed"] > 0, "check mode should report what the first run changes"
+    assert before.strip() == "", before  # no exporter package, no arguments file, no drop-in
 
 
 def test_first_run_monitors_and_second_changes_nothing(converged: tuple, monitored: tuple[Path, str]) -> None:
@@ -137,7 +174,8 @@ def test_first_run_monitors_and_second_changes_nothing(converged: tuple, monitor
     host = monitored[1]
     assert first.returncode == 0, first.stdout + first.stderr
     assert second.returncode == 0, second.stdout + second.stderr
-    assert recap(second.stdout)[host]["changed"] == 0, second.stdout
+    for name in (host, MONITORED):
+        assert recap(second.stdout)[name]["changed"] == 0, second.stdout
 
 
 def test_every_target_is_up(lab: Lab, converged: tuple, monitored: tuple[Path, str]) -> None:
@@ -145,32 +183,33 @@ def test_every_target_is_up(lab: Lab, converged: tuple, monitored: tuple[Path, s
 
     def all_up() -> list | None:
         targets = api(lab, host, "/api/v1/targets?state=active")["activeTargets"]
-        found = sorted((t["labels"]["job"], t["labels"].get("replica", ""), t["health"]) for t in targets)
+        found = sorted(
+            (t["labels"]["job"], t["labels"]["host"], t["labels"].get("replica", ""), t["health"]) for t in targets
+        )
         return found if all(health == "up" for *_, health in found) else None
 
     found = wait_for("every target up", all_up, seconds=60)
-    assert [(job, replica) for job, replica, _ in found] == [
-        ("inference", "inference-1"), ("inference", "inference-2"), ("nginx", ""), ("node", ""), ("prometheus", "")
+    assert [(job, where, replica) for job, where, replica, _ in found] == [
+        ("inference", host, "inference-1"), ("inference", host, "inference-2"), ("nginx", host, ""),
+        ("node", host, ""), ("node", MONITORED, ""), ("prometheus", host, ""),
     ]  # fmt: skip
 
 
-def test_exporters_listen_on_loopback_only_and_the_gateway_refuses_metrics(
+def test_exporters_listen_on_the_private_address_only_and_the_gateway_refuses_metrics(
     lab: Lab, converged: tuple, monitored: tuple[Path, str]
 ) -> None:
     inventory, host = monitored
     listening = lab.sh(host, "ss -Hltn")
-    for port in (9090, 9093, 9100, 9113, 8089):
+    ports = {9090: "127.0.0.1", 9093: "127.0.0.1", 8089: "127.0.0.1"}
+    ports |= {9100: private_address(lab, host), 9113: private_address(lab, host)}
+    for port, address in ports.items():
         at_port = {line.split()[3] for line in listening.splitlines() if line.split()[3].endswith(f":{port}")}
-        assert at_port == {f"127.0.0.1:{port}"}, listening
+        assert at_port == {f"{address}:{port}"}, listening
     checked = lab.provision("test", "-i", str(inventory), "--limit", host, "-k", "exporters or prometheus")
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert "2 passed" in checked.stdout, checked.stdout
     for path, status in (("/metrics", 403), ("/sleep", 403), ("/collective_rpc", 403), ("/v1/models", 200)):
-        fetch = (
-            "import urllib.request, urllib.error\ntry:\n    print(urllib.request.urlopen("
-            f"{NGINX + path!r}, timeout=10).status)\nexcept urllib.error.HTTPError as e:\n    print(e.code)"
-        )
-        assert lab.sh(host, f"python3 -c {shlex.quote(fetch)}").strip() == str(status), path
+        assert status_of(lab, host, NGINX + path) == str(status), path
 
 
 def test_load_beyond_the_limit_queues_and_ttft_p95_agrees_with_the_client(
@@ -221,3 +260,43 @@ def test_a_replica_stopped_behind_systemds_back_alerts_and_resolves(
     statuses = wait_for("the webhook told of ReplicaDown firing, then resolved",
                         lambda: "resolved" in notified() and notified(), seconds=60)  # fmt: skip
     assert statuses[0] == "firing" and statuses[-1] == "resolved", statuses
+
+
+# From the outsider: each address:port as "open", "refused" or "timeout" (a filter that drops the SYN).
+PROBE = """
+import socket, sys
+for target in sys.argv[1:]:
+    address, port = target.rsplit(":", 1)
+    try:
+        socket.create_connection((address, int(port)), timeout=5).close()
+        print(target, "open")
+    except ConnectionRefusedError:
+        print(target, "refused")
+    except TimeoutError:
+        print(target, "timeout")
+    except OSError as e:
+        print(target, e.strerror or e)
+"""
+
+
+def test_from_another_vm_the_exporters_are_closed_while_the_monitoring_host_scrapes_them(
+    lab: Lab, converged: tuple, monitored: tuple[Path, str]
+) -> None:
+    host = monitored[1]
+    if not os.environ.get("PROVISION_TEST_SHARED_LAB"):
+        lab.resume(OUTSIDER)
+    monitoring, scraped = private_address(lab, host), private_address(lab, MONITORED)
+    closed = [f"{monitoring}:{port}" for port in (9100, 9113, 9090, 9093, 8089, 8000, 8001)] + [f"{scraped}:9100"]
+    answers = dict(line.rsplit(" ", 1) for line in lab.sh(OUTSIDER, f"python3 - {' '.join(closed)}", stdin=PROBE)
+                   .splitlines())  # fmt: skip
+    assert set(answers) == set(closed) and set(answers.values()) <= {"refused", "timeout"}, answers
+    # The exporters themselves drop the outsider (systemd's IPAddressDeny): no answer, not a refusal.
+    assert answers[f"{monitoring}:9100"] == answers[f"{scraped}:9100"] == "timeout", answers
+    # Meanwhile the monitoring host reads lab1's node exporter over the segment, and Prometheus has it up.
+    assert status_of(lab, host, f"http://{scraped}:9100/metrics") == "200"
+    up = query(lab, host, f'up{{job="node",host="{MONITORED}"}}')
+    assert [sample["value"][1] for sample in up] == ["1"], up
+    # The gateway answers the outsider, but not with the replicas' metrics or admin routes.
+    statuses = {path: status_of(lab, OUTSIDER, f"http://{monitoring}:80{path}")
+                for path in ("/metrics", "/reset_prefix_cache", "/v1/models")}  # fmt: skip
+    assert statuses == {"/metrics": "403", "/reset_prefix_cache": "403", "/v1/models": "200"}, statuses
