@@ -161,6 +161,19 @@ def test_exporters_accept_the_host_itself_and_the_monitoring_hosts_only() -> Non
     assert render.HostVars(inventory, "mon1")["__monitoring_agent_ip_access"][1] == "IPAddressAllow=localhost 10.0.0.10"
 
 
+def test_a_host_firewall_opens_the_exporters_to_the_monitoring_hosts_only() -> None:
+    inventory = load_inventory(GOLDEN / "monitoring-fleet/inventory.yml")
+    gateway = render.HostVars(inventory, "gw1")
+    assert gateway["__firewall_source_rules"] == [
+        {"port": 9100, "proto": "tcp", "source": "10.0.0.10"}, {"port": 9113, "proto": "tcp", "source": "10.0.0.10"}
+    ]  # fmt: skip
+    rule = render.HostVars(inventory, "gw1", {"__firewall_port": gateway["__firewall_source_rules"][0]})
+    assert rule["__firewall_rule"] == "-s 10.0.0.10/32 -p tcp -m state --state NEW -m tcp --dport 9100 -j ACCEPT"
+    plain = render.HostVars(inventory, "gw1", {"__firewall_port": {"port": 443}})
+    assert plain["__firewall_rule"] == "-p tcp -m state --state NEW -m tcp --dport 443 -j ACCEPT"  # as it was
+    assert render.HostVars(inventory, "gpu1")["__firewall_source_rules"] == []  # exporters on loopback there
+
+
 # ---- provision test's checks ------------------------------------------------------------------------------
 
 SS = """LISTEN 0      4096       127.0.0.1:9100      0.0.0.0:*
