@@ -286,7 +286,7 @@ def test_from_another_vm_the_exporters_are_closed_while_the_monitoring_host_scra
         lab.resume(OUTSIDER)
     monitoring, scraped = private_address(lab, host), private_address(lab, MONITORED)
     closed = [f"{monitoring}:{port}" for port in (9100, 9113, 9090, 9093, 8089, 8000, 8001)] + [f"{scraped}:9100"]
-    answers = dict(line.rsplit(" ", 1) for line in lab.sh(OUTSIDER, f"python3 - {' '.join(closed)}", stdin=PROBE)
+    answers = dict(line.split(" ", 1) for line in lab.sh(OUTSIDER, f"python3 - {' '.join(closed)}", stdin=PROBE)
                    .splitlines())  # fmt: skip
     assert set(answers) == set(closed) and set(answers.values()) <= {"refused", "timeout"}, answers
     # The exporters themselves drop the outsider (systemd's IPAddressDeny): no answer, not a refusal.
