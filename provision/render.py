@@ -5,12 +5,14 @@ Variables for a host are every role's defaults (lowest precedence), then the hos
 (inventory_hostname, groups, hostvars, playbook_dir) and what a task sets (each replica's unit name and port).
 Ansible's Templar templates them lazily and renders the file with the template module's settings, filters and
 lookups. Like the roles, it renders the inference units only for hosts of the group serving.yml runs the
-inference role on, and nginx.conf only for the gateway group's hosts.
+inference role on, nginx.conf only for the gateway group's hosts, and the OpenVPN client config (egress.yml) only
+for hosts that set openvpn_client_remote.
 
 This module and argcheck are the only ones that import Ansible's Python, inside the functions that need it.
 """
 
 import os
+import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import cache
@@ -28,8 +30,9 @@ Vars = Mapping[str, Any]
 class Renderable:
     template_var: str  # the role variable holding the template's path, so a user's override wins
     source_var: str  # the role's internal variable that turns it into the file the template task reads
-    role: str  # the role that writes the file: playbooks/serving.yml says on which hosts it runs
+    role: str  # the role that writes the file: the play of `playbook` that runs it says on which hosts
     instances: Callable[["HostVars"], list[tuple[str, Vars]]]  # (file name, the variables the role sets for it)
+    playbook: str = "serving.yml"  # the playbook whose play runs the role (its hosts pattern)
 
 
 @dataclass(frozen=True)
@@ -47,9 +50,34 @@ def _replica_units(variables: "HostVars") -> list[tuple[str, Vars]]:
     ]
 
 
+def _tunnel_units(variables: "HostVars") -> list[tuple[str, Vars]]:
+    """One unit per SSH tunnel, as the tunnel role loops over them (its loop variable __tunnel_forward)."""
+    return [
+        (f"tunnel-{forward['name']}.service", {"__tunnel_forward": forward})
+        for forward in variables["__tunnel_forwards_full"]
+    ]
+
+
+def _openvpn_client_config(variables: "HostVars") -> list[tuple[str, Vars]]:
+    """The client config, where the host configures a VPN server (the role leaves other hosts alone)."""
+    if not variables["openvpn_client_remote"]:
+        return []
+    return [(f"{variables['openvpn_client_name']}.conf", {})]
+
+
 RENDERABLE: tuple[Renderable, ...] = (
     Renderable("inference_unit_template", "__inference_unit_src", role="inference", instances=_replica_units),
     Renderable("nginx_conf_template", "__nginx_conf_src", role="nginx", instances=lambda v: [("nginx.conf", {})]),
+    Renderable(
+        "tunnel_unit_template", "__tunnel_unit_src", role="tunnel", instances=_tunnel_units, playbook="tunnel.yml"
+    ),
+    Renderable(
+        "openvpn_client_conf_template",
+        "__openvpn_client_conf_src",
+        role="openvpn_client",
+        instances=_openvpn_client_config,
+        playbook="egress.yml",
+    ),
 )
 SERVING_PLAYBOOK = "serving.yml"
 
@@ -80,14 +108,36 @@ def render_host(inventory: Inventory, host: str, out_dir: Path | None = None) ->
     return rendered
 
 
+# A private key or an OpenVPN static key (tls-crypt, tls-auth) in PEM armour: its body is what must not be shown.
+SECRET_BLOCK = re.compile(
+    r"^(?P<begin>-----BEGIN (?P<kind>[A-Z0-9 ]*PRIVATE KEY|OpenVPN Static key V\d+)-----\n)"
+    r"(?P<body>.*?)^(?P<end>-----END (?P=kind)-----)$",
+    re.M | re.S,
+)
+
+
+def mask_secrets(text: str) -> str:
+    """The text for the screen: the bodies of private and static keys replaced by one line (--out writes them)."""
+
+    def masked(match: re.Match[str]) -> str:
+        lines = match["body"].count("\n")
+        count = f"{lines} line" if lines == 1 else f"{lines} lines"
+        return f"{match['begin']}(secret: {count}, masked on screen; --out writes them)\n{match['end']}"
+
+    return SECRET_BLOCK.sub(masked, text)
+
+
 def render_groups() -> dict[str, str]:
-    """role -> the hosts pattern of the play in playbooks/serving.yml that runs it (for the renderable roles)."""
-    playbook = paths.PLAYBOOKS / SERVING_PLAYBOOK
-    found = {use.role.name: use.hosts for use in argcheck.role_uses(playbook)}
-    missing = sorted({item.role for item in RENDERABLE} - set(found))
-    if missing:
-        raise UsageError(f"{paths.display(playbook)}: no play runs the role(s) {', '.join(missing)}")
-    return {item.role: found[item.role] for item in RENDERABLE}
+    """role -> the hosts pattern of the play that runs it, in the playbook its Renderable names."""
+    groups = {}
+    for name in sorted({item.playbook for item in RENDERABLE}):
+        playbook = paths.PLAYBOOKS / name
+        found = {use.role.name: use.hosts for use in argcheck.role_uses(playbook)}
+        missing = sorted({item.role for item in RENDERABLE if item.playbook == name} - set(found))
+        if missing:
+            raise UsageError(f"{paths.display(playbook)}: no play runs the role(s) {', '.join(missing)}")
+        groups.update({item.role: found[item.role] for item in RENDERABLE if item.playbook == name})
+    return {item.role: groups[item.role] for item in RENDERABLE}
 
 
 def role_defaults() -> dict[str, Any]:

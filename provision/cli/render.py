@@ -19,18 +19,24 @@ from provision.errors import ExitCode
     help="Write the files into this directory instead of printing them.",
 )
 def render(inventory_path: Path, host: str, out_dir: Path | None) -> ExitCode:
-    """Render the generated config files (systemd units, ...) for one host, without connecting to it."""
+    """Render the generated config files (systemd units, ...) for one host, without connecting to it.
+
+    Private keys are masked on screen; the files written with --out are exact.
+    """
     from provision import inventory
     from provision import render as rendering
 
     files = rendering.render_host(inventory.load_inventory(inventory_path), host, out_dir)
     if not files:
-        groups = " and ".join(f"{role} on {pattern!r}" for role, pattern in rendering.render_groups().items())
+        serving = {item.role for item in rendering.RENDERABLE if item.playbook == rendering.SERVING_PLAYBOOK}
+        groups = " and ".join(
+            f"{role} on {pattern!r}" for role, pattern in rendering.render_groups().items() if role in serving
+        )
         log(f"nothing to render for {host}: {rendering.SERVING_PLAYBOOK} runs {groups}, and {host} is in neither")
     for file in files:
         if out_dir is None:
             click.echo(f"# ==> {file.name} <==")
-            click.echo(file.text, nl=False)
+            click.echo(rendering.mask_secrets(file.text), nl=False)
         else:
             click.echo(f"wrote {paths.display(out_dir / file.name)}")
     return ExitCode.OK

@@ -18,8 +18,30 @@ from provision.errors import EnvironmentProblem, UsageError
 from provision.lab import aptcache
 from provision.lab.image import FLAVORS, LAB_USER, building, ensure_base_image
 from provision.lab.inventory import INVENTORY_HEADER, _write_inventory
-from provision.lab.qemu import QEMU, Vm, VmSpec, create_blank, create_overlay, guest_exec, require_tool
-from provision.lab.state import LabDirs, LabHost, LabHostStatus, Log, _ensure_key, dirs
+from provision.lab.qemu import (
+    QEMU,
+    JsonChannel,
+    PrivateNic,
+    Vm,
+    VmSpec,
+    create_blank,
+    create_overlay,
+    guest_exec,
+    require_tool,
+)
+from provision.lab.state import (
+    PRIVATE_PREFIXLEN,
+    SEGMENT_GROUP,
+    LabDirs,
+    LabHost,
+    LabHostStatus,
+    Log,
+    _ensure_key,
+    _index,
+    _segment_port,
+    dirs,
+    private_address,
+)
 from provision.lab.template import APPEND, BOOT_TIMEOUT, DATA_DISK_SIZE, _accel, _ensure_template
 
 DEFAULT_BASE_PORT = 2201
@@ -52,6 +74,8 @@ def up(
     d.hosts.mkdir(parents=True, exist_ok=True)
     d.state.chmod(0o700)
     _ensure_key(d)
+    if not d.segment.exists():
+        d.segment.write_text(f"{base_port}\n")
     image = ensure_base_image(d.cache, log, flavor)
     accel = _accel(d, image, log)
     append = " ".join(filter(None, [APPEND, FLAVORS[flavor].append]))
@@ -202,6 +226,8 @@ def _vm(d: LabDirs, name: str, spec: VmSpec | None) -> Vm:
         port = int((directory / "ssh-port").read_text())
     except (OSError, ValueError):
         port = 0
+    segment = _segment_port(d)
+    nic = None if segment is None else PrivateNic(SEGMENT_GROUP, segment, f"52:54:00:77:00:{_index(name):02x}")
     return Vm(
         name=name,
         directory=directory,
@@ -210,6 +236,7 @@ def _vm(d: LabDirs, name: str, spec: VmSpec | None) -> Vm:
         disk=directory / "disk.qcow2",
         data_disk=directory / "data.qcow2",
         data_serial=f"{name}-data",
+        private_nic=nic,
     )
 
 
@@ -241,7 +268,8 @@ def _host_keys(workdir: Path) -> tuple[bytes, str]:
 
 
 def _personalize(d: LabDirs, vm: Vm) -> None:
-    """Give a resumed clone its own identity and clock, install the lab key, record its host key."""
+    """Give a resumed clone its own identity and clock, install the lab key, record its host key, and put it on
+    the private segment."""
     with tempfile.TemporaryDirectory(prefix="hostkeys-") as tmp:
         keys_tar, host_key = _host_keys(Path(tmp))
     pubkey = (d.key.with_suffix(".pub")).read_text().strip()
@@ -252,14 +280,49 @@ def _personalize(d: LabDirs, vm: Vm) -> None:
                 ["/usr/local/sbin/lab-personalize", vm.name, str(int(time.time())), pubkey],
                 stdin=keys_tar,
             )
+            if result.rc != 0:
+                raise EnvironmentProblem(f"lab VM {vm.name}: personalising failed: {result.stderr.strip()}")
+            _join_private_segment(agent, vm)
     except (OSError, TimeoutError, RuntimeError) as exc:
         raise EnvironmentProblem(
             f"lab VM {vm.name}: guest agent failed ({exc}); console:\n{vm.console_tail()}"
         ) from exc
-    if result.rc != 0:
-        raise EnvironmentProblem(f"lab VM {vm.name}: personalising failed: {result.stderr.strip()}")
     _record_host_key(d, vm.ssh_port, host_key)
     _wait_for_ssh(d, vm)
+
+
+# systemd-networkd in the guest gives the private NIC its static address; matched by the clone's own MAC, so
+# it wins over the image's DHCP-on-every-NIC file (10-lab.network) and holds on a cold boot too.  No IPv6 and no
+# link-local addresses on the segment: the clones would all start from the template's.
+PRIVATE_NETWORK_UNIT = r"""set -eu
+unit=/etc/systemd/network/05-lab-private.network
+printf '[Match]\nMACAddress=%s\n\n[Link]\nRequiredForOnline=no\n\n' "$1" > "$unit"
+printf '[Network]\nAddress=%s\nLinkLocalAddressing=no\nIPv6AcceptRA=no\n' "$2" >> "$unit"
+if command -v restorecon >/dev/null; then restorecon "$unit"; fi
+networkctl reload
+"""
+# Until the NIC has its address (networkd takes a moment under TCG); then the lab is ready to use it.
+PRIVATE_NETWORK_WAIT = r"""for _ in $(seq 600); do
+    ip -4 -o address show | grep -q " inet $1/" && exit 0
+    sleep 0.1
+done
+ip -o address show >&2
+exit 1
+"""
+
+
+def _join_private_segment(agent: JsonChannel, vm: Vm) -> None:
+    """Configure the guest for its private NIC, plug the NIC in, and wait until the guest has its address."""
+    if vm.private_nic is None:
+        return
+    address = private_address(vm.name)
+    unit = ["/bin/sh", "-c", PRIVATE_NETWORK_UNIT, "sh", vm.private_nic.mac, f"{address}/{PRIVATE_PREFIXLEN}"]
+    result = guest_exec(agent, unit)
+    if result.rc == 0:
+        vm.plug_private_nic()
+        result = guest_exec(agent, ["/bin/sh", "-c", PRIVATE_NETWORK_WAIT, "sh", address], timeout=90.0)
+    if result.rc != 0:
+        raise EnvironmentProblem(f"lab VM {vm.name}: no address on the private segment: {result.stderr.strip()}")
 
 
 def _record_host_key(d: LabDirs, port: int, host_key: str) -> None:

@@ -150,6 +150,31 @@ class VmSpec:
     accel: str = "tcg"
 
 
+@dataclass(frozen=True)
+class PrivateNic:
+    """A VM's second NIC, on the lab's private segment: qemu's multicast socket netdev, a shared L2 segment
+    between the VMs that join one group and port, without root, bridges or taps.  localaddr pins the
+    multicast traffic to the loopback interface, so no frame leaves this machine."""
+
+    group: str
+    port: int
+    mac: str
+
+    NETDEV = "private"
+    DEVICE = "private-nic"
+
+    def netdev(self) -> dict[str, str]:
+        return {"type": "socket", "id": self.NETDEV, "mcast": f"{self.group}:{self.port}", "localaddr": "127.0.0.1"}
+
+    def device(self) -> dict[str, str]:
+        return {"driver": "virtio-net-pci", "id": self.DEVICE, "netdev": self.NETDEV, "mac": self.mac}
+
+
+def _options(values: dict[str, str], first: str) -> str:
+    """qemu's command-line form of a QMP argument dict: the `first` key's value leads, unnamed."""
+    return ",".join([values[first], *(f"{k}={v}" for k, v in values.items() if k != first)])
+
+
 @dataclass
 class Vm:
     """A VM's files live in one directory: overlays, sockets, console log, pid file."""
@@ -162,6 +187,7 @@ class Vm:
     data_disk: Path | None
     data_serial: str = ""
     incoming: Path | None = None
+    private_nic: PrivateNic | None = None
     extra_args: list[str] = field(default_factory=list)
 
     @property
@@ -207,9 +233,24 @@ class Vm:
             "-serial", f"file:{self.console}", "-display", "none", "-monitor", "none",
             "-pidfile", str(self.pidfile), "-daemonize",
         ]  # fmt: skip
+        if self.private_nic is not None and self.incoming is None:
+            # A clone resuming its template's state has the template's devices only: it gets this NIC plugged
+            # in once it runs (plug_private_nic).  A cold boot has it from the start.
+            argv += [
+                "-netdev", _options(self.private_nic.netdev(), "type"),
+                "-device", _options(self.private_nic.device(), "driver"),
+            ]  # fmt: skip
         if self.incoming is not None:
             argv += ["-incoming", f"exec:cat {self.incoming}"]
         return argv + self.extra_args
+
+    def plug_private_nic(self) -> None:
+        """Hot-plug the private NIC into a running clone (the guest sees a PCI device arrive)."""
+        if self.private_nic is None:
+            return
+        with qmp(self.qmp_path) as monitor:
+            monitor.call("netdev_add", **self.private_nic.netdev())
+            monitor.call("device_add", **self.private_nic.device())
 
     def start(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)

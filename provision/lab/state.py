@@ -10,9 +10,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from provision.errors import UsageError
 from provision.lab.qemu import require_tool
 
 Log = Callable[[str], None]
+
+# The private segment: labN is PRIVATE_PREFIX.N (away from qemu's user network, 10.0.2.0/24), its NIC's MAC
+# ends in N.  The multicast group is fixed; the UDP port is the lab's base port, so labs on other ports (the
+# test suite's, a user's) are segments of their own.
+PRIVATE_PREFIX = "10.77.0"
+PRIVATE_PREFIXLEN = 24
+SEGMENT_GROUP = "239.77.0.1"
 
 
 @dataclass(frozen=True)
@@ -51,6 +59,11 @@ class LabDirs:
     def inventory_record(self) -> Path:
         return self.state / "inventory-path"
 
+    @property
+    def segment(self) -> Path:
+        """The private segment's UDP port, decided by the lab's first `up` (from its base port)."""
+        return self.state / "private-segment-port"
+
 
 def dirs() -> LabDirs:
     state = os.environ.get("PROVISION_LAB_STATE") or os.path.expanduser("~/.local/state/provision/lab")
@@ -66,3 +79,22 @@ def _ensure_key(d: LabDirs) -> None:
         ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "provision-lab", "-f", str(d.key)],
         check=True,
     )
+
+
+def private_address(name: str) -> str:
+    """labN's address on the private segment."""
+    return f"{PRIVATE_PREFIX}.{_index(name)}"
+
+
+def _index(name: str) -> int:
+    index = int(name.removeprefix("lab"))
+    if not 1 <= index <= 254:
+        raise UsageError(f"{name}: the private segment has room for lab1..lab254")
+    return index
+
+
+def _segment_port(d: LabDirs) -> int | None:
+    try:
+        return int(d.segment.read_text())
+    except (OSError, ValueError):
+        return None  # a lab started before the private segment existed

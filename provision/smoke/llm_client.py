@@ -8,6 +8,7 @@ file to the host's python3 and read one JSON object from its output:
     complete URL [--tokens N]           one non-streamed completion: status, the replica that answered
     websocket URL [--message TEXT]      websocket handshake status and the echoed message
     load URL --seconds S --requests N --concurrency C   non-streamed completions: rps, p50, p99, errors
+    status URL                          the status of a GET of URL (a relay's route)
 
 URL is the server's base (http://127.0.0.1:80); an optional user:password@ in it becomes basic auth.
 """
@@ -213,9 +214,18 @@ def load(url: str, seconds: float, requests: int, concurrency: int, tokens: int 
             "rps": len(latencies) / wall, "p50": pct(0.50), "p99": pct(0.99)}  # fmt: skip
 
 
+def status(url: str, timeout: float = 60) -> dict[str, Any]:
+    """The status of one GET of the URL itself (its path whole, not a base)."""
+    conn, headers, _ = _connect(url, timeout)
+    conn.request("GET", urllib.parse.urlsplit(url).path or "/", headers=headers)
+    response = conn.getresponse()
+    response.read()
+    return {"status": response.status}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("mode", choices=["stream", "ttft", "complete", "websocket", "load"])
+    parser.add_argument("mode", choices=["stream", "ttft", "complete", "websocket", "load", "status"])
     parser.add_argument("url")
     parser.add_argument("--tokens", type=int, default=16)
     parser.add_argument("--repeat", type=int, default=20)
@@ -232,6 +242,8 @@ def main(argv: list[str] | None = None) -> int:
         result = complete(args.url, args.tokens)
     elif args.mode == "websocket":
         result = websocket(args.url, args.message)
+    elif args.mode == "status":
+        result = status(args.url)
     else:
         result = load(args.url, args.seconds, args.requests, args.concurrency, args.tokens)
     print(json.dumps(result))

@@ -5,6 +5,7 @@ so the checks need nothing on the host but python3.
 """
 
 import base64
+import ipaddress
 import json
 from collections.abc import Mapping
 from pathlib import Path
@@ -64,6 +65,8 @@ def gateway_problems(host: Any, variables: dict[str, Any]) -> list[str]:
         with host.sudo():
             config = host.run("nginx -T")
         problems += tls_profile_drift(config.stdout, tls_profiles()[profile], profile)
+    if variables.get("nginx_preset") == "relay":
+        return problems + relay_problems(host, variables)
     if variables.get("nginx_basic_auth_users"):
         return problems  # the checks below would need a password; they run on gateways without auth
     scheme, port = (
@@ -79,6 +82,38 @@ def gateway_problems(host: Any, variables: dict[str, Any]) -> list[str]:
         echoed, error = run_client(host, "websocket", url)
         if echoed is None or echoed["status"] != 101:
             problems.append(f"a websocket upgrade through nginx was not answered with 101: {error or echoed}")
+    return problems
+
+
+def relay_expected_status(variables: dict[str, Any]) -> int | None:
+    """What a request from the relay host itself without credentials must get: 403 when the allow-list leaves out
+    127.0.0.1, else 401 behind basic auth; None when it is let through (the upstream answers)."""
+    sources = [str(source) for source in variables.get("nginx_allow_from") or [] if ":" not in str(source)]
+    loopback = ipaddress.ip_address("127.0.0.1")
+    if variables.get("nginx_allow_from") and not any(
+        loopback in ipaddress.ip_network(source, strict=False) for source in sources
+    ):
+        return 403
+    return 401 if variables.get("nginx_basic_auth_users") else None
+
+
+def relay_problems(host: Any, variables: dict[str, Any]) -> list[str]:
+    """Each relay route, asked from the host without credentials: refused as configured, or answered by its
+    upstream (not 502/504: nginx could not reach it, or refused its certificate). A request with the password
+    would have to carry it in a command line on the host, so the password itself is left to the integration tests."""
+    expected = relay_expected_status(variables)
+    problems = []
+    for route in variables.get("nginx_relay_routes") or []:
+        url = f"https://127.0.0.1:{int(variables['nginx_tls_port'])}{route['path']}"
+        reply, error = run_client(host, "status", url)
+        if reply is None:
+            problems.append(f"the relay route {route['path']} does not answer: {error}")
+        elif expected is not None and reply["status"] != expected:
+            problems.append(f"the relay route {route['path']} answered {reply['status']} without credentials, "
+                            f"expected {expected}")  # fmt: skip
+        elif expected is None and reply["status"] in (401, 403, 502, 503, 504):
+            problems.append(f"the relay route {route['path']} answered {reply['status']}: {route['upstream']} "
+                            "unreachable, its certificate refused, or access denied")  # fmt: skip
     return problems
 
 

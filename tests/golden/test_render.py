@@ -63,7 +63,7 @@ def _absolute_links(directory: str, names: list[str]) -> set[str]:
 
 @pytest.fixture(scope="session")
 def systemd_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A scratch root with the host's stock units, a docker.service and a /usr/bin/docker stub.
+    """A scratch root with the host's stock units, a docker.service and /usr/bin/docker and /usr/bin/ssh stubs.
 
     The units need docker, which this machine need not have; verify checks ExecStart= binaries and
     Requires= units inside the root. Skips (saying why) unless verify passes a good unit and fails a
@@ -81,8 +81,9 @@ def systemd_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "etc/systemd/system").mkdir(parents=True)
     (root / "etc/systemd/system/docker.service").write_text("[Service]\nExecStart=/usr/bin/docker\n")
     (root / "usr/bin").mkdir(parents=True)
-    (root / "usr/bin/docker").write_text("#!/bin/sh\n")
-    (root / "usr/bin/docker").chmod(0o755)
+    for tool in ("docker", "ssh"):  # what the inference and tunnel units run
+        (root / "usr/bin" / tool).write_text("#!/bin/sh\n")
+        (root / "usr/bin" / tool).chmod(0o755)
     good, bad = _verify(root, "probe-good.service", GOOD_UNIT), _verify(root, "probe-bad.service", BAD_UNIT)
     if good.returncode != 0 or good.stderr.strip() or bad.returncode == 0:
         pytest.skip(f"systemd-analyze verify does not work here: {(good.stderr or bad.stderr).strip()[:200]}")

@@ -3,9 +3,10 @@ real `ansible.builtin.template` module in ansible-playbook on a local connection
 byte, and match the expected files.
 
 Two kinds of case:
-- render/<case>/ (test_render.py): the case's inventory, run through the plays of playbooks/serving.yml with
-  stand-in roles that have the real roles' defaults, vars and templates and only their template task
-  (template_module/<role>.yml); one ansible-playbook run takes every case in turn, re-reading the inventory.
+- render/<case>/ (test_render.py): the case's inventory, run through the plays of playbooks/serving.yml,
+  tunnel.yml and egress.yml with stand-in roles that have the real roles' defaults, vars and templates and only
+  their template task (template_module/<role>.yml); one ansible-playbook run takes every case in turn,
+  re-reading the inventory.
 - templates/<case>/case.yml: a role template that `provision render` does not show (base, ssh): `role`,
   `template` (the role variable naming it), `facts` (the host's), `vars` (the host's inventory variables) and
   `set_facts` (what the role's earlier tasks set), with expected/<template name without .j2>. All these run in
@@ -34,6 +35,7 @@ RENDER_CASES = sorted(path for path in (HERE / "render").iterdir() if path.is_di
 ROLE_CASES = sorted(path for path in (HERE / "templates").iterdir() if (path / "case.yml").is_file())
 UPDATE = os.environ.get("PROVISION_UPDATE_GOLDEN") == "1"
 RenderedCase = Callable[[Path], tuple[Inventory, tuple[render.RenderedFile, ...]]]
+STAND_IN_ROLES = tuple(item.role for item in render.RENDERABLE)
 
 
 def case_of(case: Path) -> dict[str, Any]:
@@ -87,14 +89,19 @@ def module_rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[
     """case -> file -> what the template module wrote, all cases in one ansible-playbook run.
 
     For each case: a play on localhost points the inventory at the case's file and re-reads it (so each case
-    sees only its own hosts, groups and group_vars), then serving.yml's plays (hosts, roles, order; no become
-    or facts) run with stand-in roles, then the hosts' facts are cleared for the next case.
+    sees only its own hosts, groups and group_vars), then the plays of serving.yml, tunnel.yml and egress.yml
+    (the playbooks of render.RENDERABLE: hosts, roles, order; no become or facts) run with stand-in roles, then
+    the hosts' facts are cleared for the next case.
     """
     project = tmp_path_factory.mktemp("serving-project")
     (project / "playbooks").mkdir()
     (project / "templates").symlink_to(paths.TEMPLATES)  # the roles' playbook_dir/../templates
-    roles = stand_in_roles(project / "playbooks", {role: STAND_INS / f"{role}.yml" for role in ("inference", "nginx")})
-    serving = yaml.safe_load((paths.PLAYBOOKS / render.SERVING_PLAYBOOK).read_text(encoding="utf-8"))
+    roles = stand_in_roles(project / "playbooks", {role: STAND_INS / f"{role}.yml" for role in STAND_IN_ROLES})
+    serving = [
+        play
+        for name in dict.fromkeys(item.playbook for item in render.RENDERABLE)
+        for play in yaml.safe_load((paths.PLAYBOOKS / name).read_text(encoding="utf-8"))
+    ]
     current, out = project / "inventory.yml", project / "out"
     plays: list[dict[str, Any]] = []
     refresh = {"name": "Read the inventory again", "ansible.builtin.meta": "refresh_inventory"}
@@ -184,7 +191,7 @@ def _tasks(node: Any) -> Iterator[dict[str, Any]]:
             yield from _tasks(task.get(key))
 
 
-@pytest.mark.parametrize("role", ["inference", "nginx"])
+@pytest.mark.parametrize("role", STAND_IN_ROLES)
 def test_stand_in_template_task_is_the_roles(role: str) -> None:
     """The stand-in's template task has the real one's src, task vars and loop, so a change there fails here."""
 

@@ -401,9 +401,10 @@ def test_up_with_bad_variables_exits_2_naming_them_and_contacts_nothing(write: W
 
 
 def test_a_role_that_roles_include_is_checked_on_their_hosts() -> None:
-    """live_config runs inside container_runtime (inference hosts) and nginx (gateway hosts)."""
+    """live_config runs inside container_runtime (inference hosts), nginx (gateway hosts) and openvpn_client (all
+    hosts; it skips itself on those without a VPN server)."""
     uses = argcheck.role_uses(paths.SITE_PLAYBOOK)
-    assert {use.hosts for use in uses if use.role.name == "live_config"} == {"inference", "gateway"}
+    assert {use.hosts for use in uses if use.role.name == "live_config"} == {"inference", "gateway", "all"}
     inv = Inventory(Path("hosts.yml"), ("h1",), {"h1": {}}, {"all": ("h1",), "inference": ("h1",), "gateway": ("h1",)})
     (problem,) = argcheck.check(inv, paths.SITE_PLAYBOOK, extravars={"live_config_apply": "kill"})
     assert problem.variable == "live_config_apply" and problem.hosts == ("h1",)
