@@ -44,16 +44,21 @@ def openvpn_client_problems(host: Any, name: str, note: Note) -> list[str]:
     if read.rc != 0:
         return [f"{conf} cannot be read: {read.stderr.strip()[:200]}"]
     device, addresses = parse_config(read.stdout)
+
+    def routed_via(address: str) -> str:
+        return route_device(host.run(f"ip route get {address}").stdout)
+
     problems = []
-    if not host.service(unit).is_running:
+    service = host.service(unit)
+    if not service.is_running:
         problems.append(f"{unit} is not running")
-    if not host.service(unit).is_enabled:
+    if not service.is_enabled:
         problems.append(f"{unit} is not enabled (it would not start at boot)")
     for address in addresses:
-        via = route_device(host.run(f"ip route get {address}").stdout)
+        via = routed_via(address)
         if via != device:
             problems.append(f"{address} routes via {via or 'nothing'}, not through the tunnel {device}")
     for address in METADATA:
-        if route_device(host.run(f"ip route get {address}").stdout) == device:
+        if routed_via(address) == device:
             problems.append(f"{address} (metadata) routes through the tunnel {device}")
     return problems
