@@ -62,8 +62,9 @@ class Lab:
         shown = re.sub(r"://([^:/@\s]+):[^@\s]+@", r"://\1:***@", " ".join(args))
         timings = os.environ.get("PROVISION_TEST_TIMINGS")
         if timings:  # where the suite's time goes, one line per call (scripts/test.sh sets it)
+            one_line = shown.replace("\n", "\\n")  # a multi-line argument (a script for lab ssh) kept on its line
             with open(timings, "a") as log:
-                log.write(f"{time.monotonic() - started:7.1f}s  provision {shown}\n")
+                log.write(f"{time.monotonic() - started:7.1f}s  provision {one_line}\n")
         # Shown by pytest only when a test fails: what the user would have seen.
         print(f"$ provision {shown}\n{proc.stdout}\n{proc.stderr}\n(exit {proc.returncode})")
         if check and proc.returncode != 0:
