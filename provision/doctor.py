@@ -3,18 +3,22 @@
 One read-only call per host (playbooks/doctor.yml runs playbooks/library/host_doctor.py) brings back the readings;
 everything here is decided from them by pure functions (cloud_of, driver_cuda, decide, table), unit-tested with
 fixture readings in tests/unit/test_doctor.py. What the inventory says about a host (does it serve, on GPUs or
-not, which image, where the models go) is resolved as the roles resolve it: their defaults, the inventory, -e.
+not, which image, where the models go, which upstreams it must reach) is resolved as the roles resolve it: their
+defaults, the inventory, -e.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from provision.errors import ExitCode, UsageError
+from provision.smoke.egress_checks import route_device
 
 PLAYBOOK = "doctor.yml"
 GIB = 1 << 30
@@ -37,6 +41,17 @@ CUDA_BY_BRANCH = {
     580: "13.0",
 }
 GPU_SETTINGS = ("auto", "true", "false")
+# Where an egress destination that names no port is tried: APIs and model hubs answer HTTPS.
+DESTINATION_PORT = 443
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """Something a host must reach that may need a way out: a relay's upstream, an OpenVPN destination."""
+
+    label: str  # where it is configured
+    host: str
+    port: int
 
 
 @dataclass(frozen=True)
@@ -47,6 +62,8 @@ class Intent:
     gpus: str = "auto"  # inference_gpus: auto, true or false
     image: str = ""  # inference_image, on a host that serves
     model_dir: str = ""  # weights_root
+    upstreams: tuple[Upstream, ...] = ()
+    tunnel_device: str = ""  # the OpenVPN client's device, on a host that has one
 
 
 @dataclass(frozen=True)
@@ -81,7 +98,8 @@ class HostReport:
         return {
             "host": self.host,
             "intent": {"serves": self.intent.serves, "gpus": self.intent.gpus, "image": self.intent.image,
-                       "model_dir": self.intent.model_dir},
+                       "model_dir": self.intent.model_dir, "tunnel_device": self.intent.tunnel_device,
+                       "upstreams": [upstream.__dict__ for upstream in self.intent.upstreams]},
             "readings": self.readings,
             "problem": self.problem,
             "cloud": cloud_of(self.readings.get("cloud", {})) if self.readings else None,
@@ -260,7 +278,28 @@ def decide(intent: Intent, readings: Mapping[str, Any]) -> Verdict:
         notes.append(
             f"model dir {model['path']}: {model['free'] / GIB:.1f} GiB free of {model['size'] / GIB:.1f} GiB{at}"
         )
-    return Verdict(tuple(blocks), tuple(warnings), tuple(notes))
+    upstream_warnings, upstream_notes = upstream_findings(intent, readings)
+    return Verdict(tuple(blocks), tuple(warnings + upstream_warnings), tuple(notes + upstream_notes))
+
+
+def upstream_findings(intent: Intent, readings: Mapping[str, Any]) -> tuple[list[str], list[str]]:
+    """(warnings, notes): each configured upstream the host could not reach, and each it reached, directly or
+    through its OpenVPN tunnel."""
+    warnings, notes = [], []
+    for probe in readings.get("upstreams") or []:
+        what = f"upstream {probe['host']}:{probe['port']} ({probe.get('label') or 'configured'})"
+        tunnel = bool(intent.tunnel_device) and route_device(probe.get("route") or "") == intent.tunnel_device
+        error = probe.get("error") or "no answer"
+        if probe.get("answers"):
+            notes.append(f"{what} answers {'through the tunnel ' + intent.tunnel_device if tunnel else 'directly'}")
+        elif tunnel:
+            warnings.append(f"{what} does not answer through the tunnel {intent.tunnel_device}: {error}")
+        else:
+            warnings.append(
+                f"{what} does not answer directly ({error}): it needs a way out "
+                "(openvpn_client_destinations, an SSH tunnel, or a relay on a host that reaches it)"
+            )
+    return warnings, notes
 
 
 # ---- the table (pure) -----------------------------------------------------------------------------------
@@ -346,18 +385,51 @@ def intents(inventory: Any, hosts: list[str], extravars: Mapping[str, Any]) -> d
     """What the inventory (with -e on top) says about each host, from the roles' defaults up, as render does."""
     from provision import render
 
-    serving = set(inventory.select(render.render_groups()["inference"]))
+    groups = render.render_groups()
+    serving = set(inventory.select(groups["inference"]))
+    gateways = set(inventory.select(groups["nginx"]))
     found = {}
     for host in hosts:
         variables = render.HostVars(inventory, host, dict(extravars))
         serves = host in serving
+        vpn = bool(_offline(variables, "openvpn_client_remote"))
         found[host] = Intent(
             serves=serves,
             gpus=gpu_setting(host, variables["inference_gpus"]),
             image=_offline(variables, "inference_image") if serves else "",
             model_dir=_offline(variables, "weights_root"),
+            upstreams=upstreams_of(variables, relay=host in gateways, vpn=vpn),
+            tunnel_device=_offline(variables, "openvpn_client_device") if vpn else "",
         )
     return found
+
+
+def upstreams_of(variables: Mapping[str, Any], relay: bool, vpn: bool) -> tuple[Upstream, ...]:
+    """The relay's upstreams (a gateway host with the relay preset) and the OpenVPN client's destinations that
+    name one host (a name or a single address; a range has no one address to try), each once."""
+    found: dict[tuple[str, int], Upstream] = {}
+    if relay and _offline(variables, "nginx_preset") == "relay":
+        for route in _offline_list(variables, "nginx_relay_routes"):
+            url = urlsplit(str(route.get("upstream", "")))
+            if url.hostname:
+                port = url.port or (443 if url.scheme == "https" else 80)
+                found.setdefault((url.hostname, port), Upstream(f"relay {route.get('path', '')}", url.hostname, port))
+    if vpn:
+        for destination in _offline_list(variables, "openvpn_client_destinations"):
+            host = single_host(str(destination))
+            if host:
+                key = (host, DESTINATION_PORT)
+                found.setdefault(key, Upstream("openvpn_client_destinations", host, DESTINATION_PORT))
+    return tuple(found.values())
+
+
+def single_host(destination: str) -> str:
+    """The host a destination names: a host name, or the address of a single-address network; "" for a range."""
+    try:
+        network = ipaddress.ip_network(destination.strip(), strict=False)
+    except ValueError:
+        return destination.strip()
+    return str(network.network_address) if network.num_addresses == 1 else ""
 
 
 def _offline(variables: Mapping[str, Any], name: str) -> str:
@@ -366,6 +438,21 @@ def _offline(variables: Mapping[str, Any], name: str) -> str:
         return str(variables[name])
     except UsageError:
         return ""
+
+
+def _offline_list(variables: Mapping[str, Any], name: str) -> list[Any]:
+    """A list setting as the controller can resolve it; empty when it needs what only a run has."""
+    try:
+        value = variables[name]
+    except UsageError:
+        return []
+    return list(value) if isinstance(value, list) else []
+
+
+def _doctor_vars(intent: Intent) -> dict[str, Any]:
+    """What playbooks/doctor.yml passes host_doctor for one host."""
+    upstreams = [upstream.__dict__ for upstream in intent.upstreams]
+    return {"model_dir": intent.model_dir, "image": intent.image, "upstreams": upstreams}
 
 
 @dataclass(frozen=True)
@@ -402,7 +489,7 @@ def examine(
         playbook=PLAYBOOK,
         limit=limit,
         check=True,
-        extravars={"__doctor_hosts": {h: {"model_dir": i.model_dir, "image": i.image} for h, i in wanted.items()}},
+        extravars={"__doctor_hosts": {h: _doctor_vars(i) for h, i in wanted.items()}},
         strategy=strategy,
     )
     result = runner.run(request, on_event=collect, note=note)

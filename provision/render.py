@@ -5,12 +5,14 @@ Variables for a host are every role's defaults (lowest precedence), then the hos
 (inventory_hostname, groups, hostvars, playbook_dir) and what a task sets (each replica's unit name and port).
 Ansible's Templar templates them lazily and renders the file with the template module's settings, filters and
 lookups. Like the roles, it renders the inference units only for hosts of the group serving.yml runs the
-inference role on, and nginx.conf only for the gateway group's hosts.
+inference role on, nginx.conf only for the gateway group's hosts, and the OpenVPN client config (egress.yml) only
+for hosts that set openvpn_client_remote.
 
 This module and argcheck are the only ones that import Ansible's Python, inside the functions that need it.
 """
 
 import os
+import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import cache
@@ -30,7 +32,7 @@ class Renderable:
     source_var: str  # the role's internal variable that turns it into the file the template task reads
     role: str  # the role that writes the file: the play of `playbook` that runs it says on which hosts
     instances: Callable[["HostVars"], list[tuple[str, Vars]]]  # (file name, the variables the role sets for it)
-    playbook: str = "serving.yml"
+    playbook: str = "serving.yml"  # the playbook whose play runs the role (its hosts pattern)
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,13 @@ def _tunnel_units(variables: "HostVars") -> list[tuple[str, Vars]]:
     ]
 
 
+def _openvpn_client_config(variables: "HostVars") -> list[tuple[str, Vars]]:
+    """The client config, where the host configures a VPN server (the role leaves other hosts alone)."""
+    if not variables["openvpn_client_remote"]:
+        return []
+    return [(f"{variables['openvpn_client_name']}.conf", {})]
+
+
 RENDERABLE: tuple[Renderable, ...] = (
     Renderable("inference_unit_template", "__inference_unit_src", role="inference", instances=_replica_units),
     Renderable("nginx_conf_template", "__nginx_conf_src", role="nginx", instances=_one("nginx.conf")),
@@ -97,6 +106,7 @@ RENDERABLE: tuple[Renderable, ...] = (
     _template("monitoring.yml", "monitoring_server", "alertmanager", _alertmanager),
     _template("monitoring.yml", "monitoring_agent", "dcgm_exporter_unit", _on_gpu_hosts("dcgm-exporter.service")),
     _template("monitoring.yml", "monitoring_agent", "dcgm_counters", _on_gpu_hosts("dcgm-counters.csv")),
+    _template("egress.yml", "openvpn_client", "conf", _openvpn_client_config),
 )
 
 
@@ -124,6 +134,25 @@ def render_host(inventory: Inventory, host: str, out_dir: Path | None = None) ->
         for file in rendered:
             paths.write_text(out_dir / file.name, file.text, "--out", parents=True)
     return rendered
+
+
+# A private key or an OpenVPN static key (tls-crypt, tls-auth) in PEM armour: its body is what must not be shown.
+SECRET_BLOCK = re.compile(
+    r"^(?P<begin>-----BEGIN (?P<kind>[A-Z0-9 ]*PRIVATE KEY|OpenVPN Static key V\d+)-----\n)"
+    r"(?P<body>.*?)^(?P<end>-----END (?P=kind)-----)$",
+    re.M | re.S,
+)
+
+
+def mask_secrets(text: str) -> str:
+    """The text for the screen: the bodies of private and static keys replaced by one line (--out writes them)."""
+
+    def masked(match: re.Match[str]) -> str:
+        lines = match["body"].count("\n")
+        count = f"{lines} line" if lines == 1 else f"{lines} lines"
+        return f"{match['begin']}(secret: {count}, masked on screen; --out writes them)\n{match['end']}"
+
+    return SECRET_BLOCK.sub(masked, text)
 
 
 def render_groups() -> dict[str, str]:

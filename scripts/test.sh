@@ -8,11 +8,7 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export PATH="$PWD/.venv/bin:$PATH"
 echo "== lint"
-ruff check .
-ruff format --check .
-yamllint --strict .
-ansible-lint -q
-mypy
+bash scripts/lint.sh
 echo "== tests"
 # Each provision call of the integration tests, timed (the slowest are listed at the end).
 export PROVISION_TEST_TIMINGS="${PROVISION_TEST_TIMINGS:-$(mktemp -t provision-timings.XXXXXX)}"

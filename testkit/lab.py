@@ -10,7 +10,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +19,20 @@ from provision.lab.qemu import guest_exec, qga, qmp
 
 ROOT = Path(__file__).resolve().parents[1]
 PROVISION = [sys.executable, "-m", "provision"]
+
+
+def timed_calls(lines: Iterable[str]) -> list[tuple[float, str]]:
+    """The provision calls of a PROVISION_TEST_TIMINGS file (Lab.provision appends one line per call), slowest
+    first. Lanes append to one file at once: a blank or cut-short line is left out, not fatal to the summary."""
+    calls = []
+    for line in lines:
+        seconds, separator, call = line.strip().partition("s  ")
+        try:
+            if separator and call:
+                calls.append((float(seconds), call))
+        except ValueError:
+            continue
+    return sorted(calls, key=lambda timed: -timed[0])
 
 
 @dataclass(frozen=True)
@@ -48,8 +62,9 @@ class Lab:
         shown = re.sub(r"://([^:/@\s]+):[^@\s]+@", r"://\1:***@", " ".join(args))
         timings = os.environ.get("PROVISION_TEST_TIMINGS")
         if timings:  # where the suite's time goes, one line per call (scripts/test.sh sets it)
+            one_line = shown.replace("\n", "\\n")  # a multi-line argument (a script for lab ssh) kept on its line
             with open(timings, "a") as log:
-                log.write(f"{time.monotonic() - started:7.1f}s  provision {shown}\n")
+                log.write(f"{time.monotonic() - started:7.1f}s  provision {one_line}\n")
         # Shown by pytest only when a test fails: what the user would have seen.
         print(f"$ provision {shown}\n{proc.stdout}\n{proc.stderr}\n(exit {proc.returncode})")
         if check and proc.returncode != 0:

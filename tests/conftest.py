@@ -52,11 +52,13 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         terminalreporter.write_line(f"{seconds:8.1f} s    of which: {name}")
     timings = os.environ.get("PROVISION_TEST_TIMINGS", "")
     if timings and os.path.exists(timings):  # one line per provision call the integration tests made
+        from testkit.lab import timed_calls
+
         with open(timings) as log:
-            calls = sorted(log, key=lambda line: -float(line.split("s", 1)[0]))
+            calls = timed_calls(log)
         terminalreporter.section(f"slowest provision calls (all {len(calls)} in {timings})")
-        for line in calls[:15]:
-            terminalreporter.write_line(line.rstrip()[:160])
+        for seconds, call in calls[:15]:
+            terminalreporter.write_line(f"{seconds:7.1f}s  {call}"[:160])
 
 
 @pytest.fixture(autouse=True)

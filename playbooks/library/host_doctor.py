@@ -22,6 +22,9 @@ description:
     the GPUs it sees and the highest CUDA it supports, through NVML or nvidia-smi), reboot-pending markers,
     Secure Boot, nouveau, docker and its runtimes, SELinux, data disks nobody mounted and free space under the
     model directory; and, when the inference image is on the host, the CUDA it needs.
+  - Tries a short TCP connection from the host to each configured upstream (relay upstreams, egress
+    destinations) and reads the route to it, so the controller can say which answer directly and which need a
+    way out.
   - Writes nothing; supports check mode. `provision doctor` runs it and decides what the readings mean.
 options:
   model_dir:
@@ -32,13 +35,22 @@ options:
     description: Inference image whose CUDA requirement is read, if it is on the host ("" for none).
     type: str
     default: ""
+  upstreams:
+    description: Upstreams to try a TCP connection to, each a mapping with host, port and label.
+    type: list
+    elements: dict
+    default: []
+  upstream_timeout:
+    description: Seconds each connection attempt may take (at most two addresses per upstream are tried).
+    type: float
+    default: 3
 author: provision
 """
 
 RETURN = r"""
 readings:
   description: One mapping per concern (cloud, cpu, pci, driver, reboot, secure_boot, nouveau, docker, selinux,
-    disks, model_dir, image, os). See provision/doctor.py for what the controller makes of them.
+    disks, model_dir, image, os, upstreams). See provision/doctor.py for what the controller makes of them.
   type: dict
   returned: always
 """
@@ -50,6 +62,7 @@ import json
 import os
 import platform
 import re
+import socket
 
 from ansible.module_utils.basic import AnsibleModule
 
@@ -391,6 +404,41 @@ def read_model_dir(path: str) -> dict[str, object]:
     }
 
 
+def probe_upstream(module: AnsibleModule, host: str, port: int, timeout: float) -> dict[str, object]:
+    """Resolve the upstream on the host, try a TCP connection to (at most) its first two addresses, and read the
+    route to the address tried last (`ip route get`): whether it answers, and whether through a tunnel."""
+    reading: dict[str, object] = {"host": host, "port": port, "answers": False, "address": "", "route": ""}
+    try:
+        found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError) as exc:
+        reading["error"] = f"does not resolve: {getattr(exc, 'strerror', None) or exc}"
+        return reading
+    addresses = list(dict.fromkeys(str(info[4][0]) for info in found))[:2]
+    for address in addresses:
+        reading["address"] = address
+        try:
+            with socket.create_connection((address, port), timeout=timeout):
+                reading["answers"], reading["error"] = True, ""
+                break
+        except socket.timeout:  # noqa: UP041 - TimeoutError is socket.timeout only from Python 3.10
+            reading["error"] = f"no answer in {timeout:g} s"
+        except OSError as exc:
+            reading["error"] = exc.strerror or str(exc)
+    ip = module.get_bin_path("ip")
+    if ip and reading["address"]:
+        rc, out, _ = module.run_command([ip, "route", "get", str(reading["address"])])
+        reading["route"] = (out.strip().splitlines() or [""])[0] if rc == 0 else ""
+    return reading
+
+
+def read_upstreams(module: AnsibleModule) -> list[dict[str, object]]:
+    timeout = float(module.params["upstream_timeout"])
+    return [
+        {"label": str(item.get("label") or ""), **probe_upstream(module, str(item["host"]), int(item["port"]), timeout)}
+        for item in module.params["upstreams"]
+    ]
+
+
 def read_os() -> dict[str, str]:
     release = dict(line.partition("=")[::2] for line in _read("/etc/os-release").splitlines() if "=" in line)
     return {
@@ -424,12 +472,18 @@ def gather(module: AnsibleModule) -> dict[str, object]:
         "selinux": read_selinux(module),
         "disks": read_disks(module),
         "model_dir": read_model_dir(module.params["model_dir"]),
+        "upstreams": read_upstreams(module),
     }
 
 
 def main() -> None:
     module = AnsibleModule(
-        argument_spec={"model_dir": {"type": "str", "default": ""}, "image": {"type": "str", "default": ""}},
+        argument_spec={
+            "model_dir": {"type": "str", "default": ""},
+            "image": {"type": "str", "default": ""},
+            "upstreams": {"type": "list", "elements": "dict", "default": []},
+            "upstream_timeout": {"type": "float", "default": 3.0},
+        },
         supports_check_mode=True,
     )
     module.exit_json(changed=False, readings=gather(module))

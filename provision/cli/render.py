@@ -19,7 +19,10 @@ from provision.errors import ExitCode
     help="Write the files into this directory instead of printing them.",
 )
 def render(inventory_path: Path, host: str, out_dir: Path | None) -> ExitCode:
-    """Render the generated config files (systemd units, ...) for one host, without connecting to it."""
+    """Render the generated config files (systemd units, ...) for one host, without connecting to it.
+
+    Private keys are masked on screen; the files written with --out are exact.
+    """
     from provision import inventory
     from provision import render as rendering
 
@@ -36,7 +39,7 @@ def render(inventory_path: Path, host: str, out_dir: Path | None) -> ExitCode:
     for file in files:
         if out_dir is None:
             click.echo(f"# ==> {file.name} <==")
-            click.echo(file.text, nl=False)
+            click.echo(rendering.mask_secrets(file.text), nl=False)
         else:
             click.echo(f"wrote {paths.display(out_dir / file.name)}")
     return ExitCode.OK

@@ -23,6 +23,9 @@ SNAPSHOT = (
 )
 
 
+UPSTREAMS = (22, 9)  # on lab2: its sshd, and a port nothing listens on
+
+
 def snapshot(lab: Lab) -> dict[str, str]:
     return {host: lab.sh(host, SNAPSHOT) for host in SESSION_HOSTS}
 
@@ -40,6 +43,11 @@ class Doctored:
         shutil.copytree(lab.inventory, inventory)
         groups = {"all": {"children": {"inference": {"hosts": dict.fromkeys(SESSION_HOSTS)}}}}
         (inventory / "serving.yml").write_text(yaml.safe_dump(groups))
+        # lab1 as a relay too, whose upstreams are lab2's sshd (answers) and a closed port (needs a way out).
+        peer = yaml.safe_load((lab.inventory / "hosts.yml").read_text())["all"]["children"]["lab"]["hosts"]["lab2"]
+        routes = [{"path": f"/{port}/", "upstream": f"https://{peer['private_address']}:{port}/"} for port in UPSTREAMS]
+        relay = {"hosts": {"lab1": {"nginx_preset": "relay", "nginx_relay_routes": routes}}}
+        (inventory / "relay.yml").write_text(yaml.safe_dump({"all": {"children": {"gateway": relay}}}))
         self.gpu = lab.provision("doctor", "-i", str(inventory), "-e", "inference_gpus=true", *limit)
         self.after = snapshot(lab)
         self.flags = {
@@ -101,3 +109,9 @@ def test_doctor_changed_nothing(doctored: Doctored) -> None:
         before, after = doctored.before[host], doctored.after[host]
         changed = sorted(set(before.splitlines()) ^ set(after.splitlines()))
         assert before == after, f"{host}: {changed[:20]}"
+
+
+def test_the_relay_upstreams_are_tried_from_the_host(doctored: Doctored) -> None:
+    said = doctored.gpu.stdout
+    assert "lab1: upstream 10.77.0.2:22 (relay /22/) answers directly" in said, said
+    assert "lab1: warning: upstream 10.77.0.2:9 (relay /9/) does not answer directly (Connection refused)" in said

@@ -1,7 +1,7 @@
 """The tunnel role on the session lab: lab1 keeps an SSH tunnel to lab2 open as a systemd unit.
 
-Until the lab has a private network, lab1 reaches lab2's sshd the way every lab VM can: through the port the host
-forwards to it, at 10.0.2.2 (qemu user networking). That address is lab2's tunnel_ssh_address, one host variable.
+lab1 reaches lab2's sshd host to host, over the lab's private network: lab2's private_address is its
+tunnel_ssh_address, one host variable. After lab1's cold reboot the tunnel comes back over it too.
 A web server on lab2's loopback stands for the service on the other VM; lab1 reaches it through a local forward,
 and lab2 reaches lab1's sshd through a remote forward. No VM of its own: lab1 and lab2 are the session's.
 """
@@ -20,8 +20,8 @@ NEAR, FAR = "lab1", "lab2"
 WEB_PORT, LOCAL_PORT, REMOTE_PORT, WRONG_PORT = 18080, 18000, 18022, 18010
 UNIT = "tunnel-web.service"
 WEB = f"python3 -c 'import urllib.request; print(urllib.request.urlopen(\"http://127.0.0.1:{LOCAL_PORT}/\").read().decode())'"
-# The far end as lab1 sees it today: the host's forwarded SSH port. With a private network, one line changes.
-FAR_VARS = {"tunnel_ssh_address": "10.0.2.2", "tunnel_ssh_port": "{{ ansible_port }}"}
+# The far end as lab1 sees it: lab2's sshd on the private segment (templated in lab2's own variables).
+FAR_VARS = {"tunnel_ssh_address": "{{ private_address }}", "tunnel_ssh_port": 22}
 FORWARD = {
     "name": "web",
     "host": FAR,

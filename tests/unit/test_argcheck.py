@@ -402,8 +402,9 @@ def test_up_with_bad_variables_exits_2_naming_them_and_contacts_nothing(write: W
 
 
 def test_a_role_that_roles_include_is_checked_on_their_hosts() -> None:
-    """live_config runs inside container_runtime (inference hosts), nginx (gateway hosts) and, through
-    packaged_daemon, monitoring_agent (all hosts) and monitoring_server (monitoring hosts)."""
+    """live_config runs inside container_runtime (inference hosts), nginx (gateway hosts), openvpn_client (all
+    hosts; it skips itself on those without a VPN server) and, through packaged_daemon, monitoring_agent (all
+    hosts) and monitoring_server (monitoring hosts)."""
     uses = argcheck.role_uses(paths.SITE_PLAYBOOK)
     live_config_hosts = {use.hosts for use in uses if use.role.name == "live_config"}
     assert live_config_hosts == {"inference", "gateway", "all", "monitoring"}

@@ -2,6 +2,7 @@
 
 import copy
 import json
+import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -253,3 +254,93 @@ def test_an_image_only_a_run_can_resolve_is_left_unchecked(
     )
     (report,) = json.loads(result.out)
     assert report["intent"]["image"] == "" and report["readings"]["image"] == {"name": "", "present": False}
+
+
+# ---- upstreams: which answer directly, which need a way out ---------------------------------------------
+
+VPN_HOST = Intent(
+    serves=False,
+    tunnel_device="tun-egress",
+    upstreams=(doctor.Upstream("relay /openai/", "api.example.com", 443),),
+)
+
+
+def probe(host: str, answers: bool, device: str = "eth0", error: str = "", label: str = "relay /openai/") -> dict:
+    route = f"203.0.113.7 via 10.0.2.2 dev {device} src 10.0.2.15 uid 0"
+    return {"label": label, "host": host, "port": 443, "answers": answers, "address": "203.0.113.7",
+            "route": route, "error": error}  # fmt: skip
+
+
+def probed(*probes: dict) -> dict[str, Any]:
+    """PLAIN (without its idle disk) with these upstream readings."""
+    return readings(disks=[], upstreams=list(probes))
+
+
+def test_upstreams_that_answer_are_notes_saying_how() -> None:
+    verdict = doctor.decide(
+        VPN_HOST, probed(probe("api.example.com", True), probe("hub.example.com", True, "tun-egress"))
+    )
+    assert not verdict.blocks and not verdict.warnings
+    assert "upstream api.example.com:443 (relay /openai/) answers directly" in verdict.notes
+    assert "upstream hub.example.com:443 (relay /openai/) answers through the tunnel tun-egress" in verdict.notes
+
+
+def test_an_upstream_that_does_not_answer_directly_needs_a_way_out() -> None:
+    verdict = doctor.decide(VPN_HOST, probed(probe("api.example.com", False, error="no answer in 3 s")))
+    assert not verdict.blocks
+    assert verdict.warnings == (
+        "upstream api.example.com:443 (relay /openai/) does not answer directly (no answer in 3 s): it needs a way "
+        "out (openvpn_client_destinations, an SSH tunnel, or a relay on a host that reaches it)",
+    )
+
+
+def test_an_upstream_silent_through_the_tunnel_says_so() -> None:
+    silent = probe("10.79.0.1", False, "tun-egress", "Connection refused", label="openvpn_client_destinations")
+    verdict = doctor.decide(VPN_HOST, probed(silent))
+    assert verdict.warnings == (
+        "upstream 10.79.0.1:443 (openvpn_client_destinations) does not answer through the tunnel tun-egress: "
+        "Connection refused",
+    )
+
+
+def test_upstreams_come_from_the_relay_routes_and_the_single_host_destinations() -> None:
+    variables = {
+        "nginx_preset": "relay",
+        "nginx_relay_routes": [
+            {"path": "/openai/", "upstream": "https://api.openai.com/v1/"},
+            {"path": "/hub/", "upstream": "https://hub.example.com:8443"},
+            {"path": "/again/", "upstream": "https://api.openai.com/v2/"},
+        ],
+        "openvpn_client_destinations": ["203.0.113.0/24", "198.51.100.9", "2001:db8::1/128", "api.openai.com"],
+    }
+    assert doctor.upstreams_of(variables, relay=True, vpn=True) == (
+        doctor.Upstream("relay /openai/", "api.openai.com", 443),
+        doctor.Upstream("relay /hub/", "hub.example.com", 8443),
+        doctor.Upstream("openvpn_client_destinations", "198.51.100.9", 443),
+        doctor.Upstream("openvpn_client_destinations", "2001:db8::1", 443),
+    )
+    assert doctor.upstreams_of(variables, relay=False, vpn=False) == ()
+    assert doctor.upstreams_of({**variables, "nginx_preset": "llm"}, relay=True, vpn=False) == ()
+
+
+def test_doctor_tries_the_upstreams_from_the_host(
+    run_cli: Callable[..., CliResult], doctor_inventory: Path, write: Callable[[str, str], Path]
+) -> None:
+    """On this machine: a relay upstream that listens answers directly, one whose port is closed needs a way out."""
+    with socket.socket() as listening, socket.socket() as closed:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        closed.bind(("127.0.0.1", 0))  # bound, never listening: connections to it are refused
+        up, down = listening.getsockname()[1], closed.getsockname()[1]
+        write("inventory/gateway.yml", "all:\n  children:\n    gateway:\n      hosts:\n        local1:\n")
+        settings = write(
+            "relay.yml",
+            "nginx_preset: relay\nnginx_relay_routes:\n"
+            f"  - {{path: /up/, upstream: 'https://127.0.0.1:{up}/'}}\n"
+            f"  - {{path: /down/, upstream: 'https://127.0.0.1:{down}/'}}\n",
+        )
+        result = run_cli("doctor", "-i", str(doctor_inventory), "-e", "inference_gpus=false", "-e", f"@{settings}")
+    shown = result.out + result.err
+    assert f"local1: upstream 127.0.0.1:{up} (relay /up/) answers directly" in shown, shown
+    assert f"local1: warning: upstream 127.0.0.1:{down} (relay /down/) does not answer directly (" in shown, shown
+    assert "it needs a way out" in shown
