@@ -152,6 +152,10 @@ def test_requests_beyond_the_concurrency_limit_wait_in_line() -> None:
         assert metrics[f"vllm:time_to_first_token_seconds_count{{{labels}}}"] == 3
         # The last in line waited for two whole replies (2 x 20 tokens x 50 ms) before its first token.
         assert metrics[f'vllm:time_to_first_token_seconds_bucket{{{labels},le="1.0"}}'] <= 2
+        # As vLLM's does, each TTFT counts from the request's arrival, its wait in line included: the second waited
+        # for one whole reply, the third for two, each then one token delay (sleeps are lower bounds).
+        waits = (0 + 1 + 2) * 20 * 0.05
+        assert metrics[f"vllm:time_to_first_token_seconds_sum{{{labels}}}"] >= waits + 3 * 0.05
     finally:
         server.shutdown()
         server.server_close()
