@@ -27,6 +27,7 @@ import yaml
 from labtools import ROOT, Lab, recap
 
 from provision import demo_server
+from provision.lab import image
 from provision.smoke import monitoring_checks
 
 MONITORED = "lab1"  # of the session lab: a monitored host that is not the monitoring host
@@ -128,15 +129,18 @@ def converged(lab: Lab, monitored: tuple[Path, str]) -> tuple[subprocess.Complet
     hosts = f"{host},{MONITORED}"
     # Check mode and the second run of the serving roles are test_5_serving's; here only the monitoring roles'.
     check = lab.provision("up", "-i", str(inventory), "--tags", "monitoring", "--limit", hosts, "--check")
-    before = "".join(
-        lab.sh(
-            name,
-            "for p in prometheus prometheus-node-exporter prometheus-nginx-exporter; do "
-            "dpkg-query -W -f '${Status}\\n' $p 2>/dev/null | grep -q 'install ok installed' && echo $p installed; "
-            "done; ls /etc/provision/*.args /etc/systemd/system/prometheus-*.service.d 2>/dev/null; true",
-        )
-        for name in (host, MONITORED)
+    # The docker VM's flavor has the packages, disabled (image.MONITORING_PACKAGES); lab1 has none of them.
+    units = " ".join(image.MONITORING_PACKAGES)
+    nothing_runs = (
+        f"for u in {units}; do systemctl is-active --quiet $u && echo $u running; "
+        "systemctl is-enabled --quiet $u 2>/dev/null && echo $u enabled; done; "
+        "ls /etc/provision/*.args /etc/systemd/system/prometheus*.service.d 2>/dev/null; true"
     )
+    nothing_installed = (
+        f"for p in {units}; do dpkg-query -W -f '${{Status}}\\n' $p 2>/dev/null | grep -q 'install ok installed' "
+        "&& echo $p installed; done; true"
+    )
+    before = lab.sh(host, nothing_runs) + lab.sh(MONITORED, nothing_runs) + lab.sh(MONITORED, nothing_installed)
     first = lab.provision("up", "-i", str(inventory), "--tags", TAGS, "--limit", hosts)
     second = lab.provision("up", "-i", str(inventory), "--tags", "monitoring", "--limit", hosts)
     return check, before, first, second
@@ -175,7 +179,7 @@ def test_check_mode_on_a_fresh_host_changes_nothing(converged: tuple, monitored:
     assert check.returncode == 0, check.stdout + check.stderr
     for host in (monitored[1], MONITORED):
         assert recap(check.stdout)[host]["changed"] > 0, "check mode should report what the first run changes"
-    assert before.strip() == "", before  # no exporter package, no arguments file, no drop-in
+    assert before.strip() == "", before  # nothing of theirs running or enabled, no arguments file, no drop-in
 
 
 def test_first_run_monitors_and_second_changes_nothing(converged: tuple, monitored: tuple[Path, str]) -> None:
