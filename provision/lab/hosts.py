@@ -79,11 +79,7 @@ def up(
     image = ensure_base_image(d.cache, log, flavor)
     accel = _accel(d, image, log)
     append = " ".join(filter(None, [APPEND, FLAVORS[flavor].append]))
-    # Under TCG one vCPU, emulated by one thread: the lab runs several VMs on few cores, and a second vCPU costs
-    # more than it gives (multi-threaded TCG emulates atomics and cross-CPU TLB flushes). Measured on 2 cores,
-    # two VMs: a converged site run took 20% less guest CPU, a first run 12% less, in no more wall time.
-    cpus = 1 if accel == "tcg" else 2
-    spec = VmSpec(kernel=image.kernel, initrd=image.initrd, append=append, cpus=cpus, accel=accel)
+    spec = VmSpec(kernel=image.kernel, initrd=image.initrd, append=append, accel=accel)
     template = _ensure_template(d, image, spec, log)
     # The lab's own lock, taken once the image and template are ready (building them may take minutes): one call at
     # a time starts the package cache and VMs and writes the inventory.

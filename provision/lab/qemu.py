@@ -208,11 +208,8 @@ class Vm:
 
     def argv(self) -> list[str]:
         spec = self.spec
-        threads = "single" if spec.cpus == 1 else "multi"
         accel = (
-            ["-accel", "kvm", "-cpu", "host"]
-            if spec.accel == "kvm"
-            else ["-accel", f"tcg,thread={threads}", "-cpu", "max"]
+            ["-accel", "kvm", "-cpu", "host"] if spec.accel == "kvm" else ["-accel", "tcg,thread=multi", "-cpu", "max"]
         )
         argv = [
             QEMU, "-name", self.name, "-machine", "pc", *accel, "-m", str(spec.memory_mib), "-smp", str(spec.cpus),
