@@ -77,6 +77,8 @@ def stock_setup(tmp: Path, env: dict[str, str]) -> tuple[Path, dict[str, str]]:
     """The same playbooks without our ansible.cfg and minimal fact subset: Ansible's defaults throughout."""
     playbooks = tmp / "stock-playbooks"
     shutil.copytree(ROOT / "playbooks", playbooks, ignore=shutil.ignore_patterns("ansible.cfg"), dirs_exist_ok=True)
+    # Roles find the shared templates beside the playbooks directory (playbooks/../templates).
+    shutil.copytree(ROOT / "templates", tmp / "templates", dirs_exist_ok=True)
     for play in playbooks.glob("*.yml"):
         lines = play.read_text().splitlines(keepends=True)
         play.write_text("".join(line for line in lines if not line.lstrip().startswith("gather_subset:")))
