@@ -23,9 +23,12 @@ from typing import Any
 
 from ansible.plugins.action.package import ActionModule as PackageAction
 
-# What each package manager's database is asked; `names` are shell-quoted, already checked to be plain names.
-_DPKG = "dpkg-query -W -f='${Package}\\t${Version}\\t${db:Status-Abbrev}\\n' -- %s"
-_RPM = "rpm -q --qf '%%{NAME}\\t%%{VERSION}-%%{RELEASE}\\tii \\n' -- %s"
+# What each package manager's database is asked, answered as "installed NAME VERSION" lines (the nvidia role's
+# nvidia_probe asks the same on the host); `names` are shell-quoted, already checked to be plain names.
+# dpkg's Status-Status is "installed" whatever the selection, so held packages (the nvidia role holds its own)
+# count as installed, as they do for apt.
+_DPKG = "dpkg-query -W -f='${db:Status-Status} ${Package} ${Version}\\n' -- %s"
+_RPM = "rpm -q --qf 'installed %%{NAME} %%{VERSION}-%%{RELEASE}\\n' -- %s"
 # When apt last refreshed its lists (the apt module's own test for cache_valid_time), in epoch seconds.
 _APT_LISTS_AGE = (
     "stat -c %Y /var/lib/apt/periodic/update-success-stamp 2>/dev/null || stat -c %Y /var/lib/apt/lists; date +%s"
@@ -47,11 +50,13 @@ def _wanted(names: list[str], manager: str) -> dict[str, str] | None:
 
 
 def _installed(stdout: str) -> dict[str, str]:
+    """{name: version} of the installed packages in the query's answer (rpm's "package X is not installed" and
+    dpkg's other states are left out)."""
     found = {}
     for line in stdout.splitlines():
-        fields = line.split("\t")
-        if len(fields) == 3 and fields[2].startswith("ii"):
-            found[fields[0]] = fields[1]
+        fields = line.split()
+        if len(fields) == 3 and fields[0] == "installed":
+            found[fields[1]] = fields[2]
     return found
 
 
@@ -83,12 +88,13 @@ class ActionModule(PackageAction):
         names = [names] if isinstance(names, str) else list(names)
         if not names or not all(isinstance(n, str) for n in names):
             return False
-        wanted = _wanted(names, "apt" if manager == "apt" else "rpm")
+        apt = manager == "apt"
+        wanted = _wanted(names, "apt" if apt else "rpm")
         if wanted is None:
             return False
-        if manager == "apt" and not self._apt_lists_fresh(args):
+        if apt and not self._apt_lists_fresh(args):
             return False
-        query = (_DPKG if manager == "apt" else _RPM) % " ".join(shlex.quote(n) for n in wanted)
+        query = (_DPKG if apt else _RPM) % " ".join(shlex.quote(n) for n in wanted)
         answer = self._low_level_execute_command(query)
         found = _installed(answer.get("stdout", ""))
         return all(p in found and (not v or found[p] == v) for p, v in wanted.items())

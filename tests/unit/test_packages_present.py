@@ -34,7 +34,9 @@ def test_only_plain_names_are_answered_from_the_database() -> None:
     }
     for name in ("nginx=1.22*", "python3 (>= 3.11)", "./local.deb", "http://example.org/x.deb", "a;rm -rf /", ""):
         assert plugin._wanted([name], "apt") is None, name
-    assert plugin._installed("dpkg\t1.21.22\tii \nfoo\t1.0\trc \nbar\t2.0\tiU \n") == {"dpkg": "1.21.22"}
+    answer = "installed dpkg 1.21.22\ninstalled nvidia-driver 535.309.01-1\nconfig-files foo 1.0\nunpacked bar 2.0\n"
+    assert plugin._installed(answer) == {"dpkg": "1.21.22", "nvidia-driver": "535.309.01-1"}  # held or not
+    assert plugin._installed("package baz is not installed\n") == {}
 
 
 TASKS = """\
