@@ -10,7 +10,7 @@ Each is run --runs times, alternating, so machine load affects all alike; prints
 stock, and the controller's CPU seconds per host per run (user+sys of the runs' processes). It asserts
 nothing.
 
-    python bench/converged_rerun.py [--runs 3] [--inventory DIR --plain HOST --serving HOST]
+    python bench/converged_rerun.py [--runs 3] [--only plain|serving] [--inventory DIR --plain HOST --serving HOST]
 
 Without --inventory it starts a lab of its own (lab1: docker flavor, serving the demo image; lab2: a plain
 host; state in a temp dir) and stops it afterwards.
@@ -77,6 +77,8 @@ def stock_setup(tmp: Path, env: dict[str, str]) -> tuple[Path, dict[str, str]]:
     """The same playbooks without our ansible.cfg and minimal fact subset: Ansible's defaults throughout."""
     playbooks = tmp / "stock-playbooks"
     shutil.copytree(ROOT / "playbooks", playbooks, ignore=shutil.ignore_patterns("ansible.cfg"), dirs_exist_ok=True)
+    # Roles find the shared templates beside the playbooks directory (playbooks/../templates).
+    shutil.copytree(ROOT / "templates", tmp / "templates", dirs_exist_ok=True)
     for play in playbooks.glob("*.yml"):
         lines = play.read_text().splitlines(keepends=True)
         play.write_text("".join(line for line in lines if not line.lstrip().startswith("gather_subset:")))
@@ -139,6 +141,8 @@ def measure(args: argparse.Namespace, env: dict[str, str], inventory: Path, tmp:
     stock_site, stock_env = stock_setup(tmp, env)
     results: dict[str, dict[str, list[tuple[float, float]]]] = {}
     for kind, host in (("plain", args.plain), ("serving", args.serving)):
+        if args.only and kind != args.only:
+            continue
         spec = checked_things(inventory, host, env)
         print(f"{kind} host {host}: the converged run looked at {len(spec['paths'])} files, {len(spec['units'])} units")
         argv = {
@@ -167,6 +171,7 @@ def measure(args: argparse.Namespace, env: dict[str, str], inventory: Path, tmp:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--only", choices=("plain", "serving"), help="Measure one of the two hosts only.")
     parser.add_argument("--inventory", type=Path)
     parser.add_argument("--plain", default="lab2", help="A converged host outside the serving groups.")
     parser.add_argument("--serving", default="lab1", help="A converged host of the inference and gateway groups.")

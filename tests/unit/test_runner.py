@@ -7,6 +7,7 @@ The real runs use `connection: local` against a throwaway project, so they need 
 import json
 import os
 import pty
+import re
 import secrets
 import shutil
 import signal
@@ -25,6 +26,7 @@ from local_play import PLAYBOOK
 from provision import paths, play, runner
 from provision.errors import ExitCode
 from provision.runner import HostStats, RunRequest, RunResult, TaskEvent
+from provision.tools import ansible_tool
 
 Write = Callable[[str, str], Path]
 
@@ -391,8 +393,10 @@ STRATEGY_SITE = """\
 def test_mitogen_is_the_default_strategy_and_linear_runs_without_it() -> None:
     notes: list[str] = []
     env = runner.envvars(RunRequest(inventory=Path("inv")), notes.append)
-    assert env["ANSIBLE_STRATEGY"] == "mitogen_linear"
-    assert (Path(env["ANSIBLE_STRATEGY_PLUGINS"].split(os.pathsep)[0]) / "mitogen_linear.py").is_file()
+    assert env["ANSIBLE_STRATEGY"] == "provision_mitogen"
+    ours, mitogens = env["ANSIBLE_STRATEGY_PLUGINS"].split(os.pathsep)[:2]
+    assert (Path(ours) / "provision_mitogen.py").is_file()
+    assert (Path(mitogens) / "mitogen_linear.py").is_file()
     assert notes == []
     linear = runner.envvars(RunRequest(inventory=Path("inv"), strategy="linear"), notes.append)
     assert "ANSIBLE_STRATEGY" not in linear and "ANSIBLE_STRATEGY_PLUGINS" not in linear
@@ -418,7 +422,7 @@ def test_up_without_mitogen_says_so_once_and_runs_with_the_stock_strategy(
     assert proc.returncode == 0, proc.stdout + proc.stderr
     about_mitogen = [line for line in proc.stderr.splitlines() if "Mitogen" in line]
     if mitogen_installed:
-        assert "strategy=mitogen_linear" in proc.stdout
+        assert "strategy=provision_mitogen" in proc.stdout
         assert about_mitogen == []
     else:
         assert "strategy=linear" in proc.stdout
@@ -484,3 +488,45 @@ def test_a_second_up_on_a_busy_host_waits_for_the_first_and_no_lock_outlives_a_r
     assert interrupted.returncode == ExitCode.INTERRUPTED
     after = subprocess.run(up, env=env, capture_output=True, text=True, timeout=60, check=False)
     assert after.returncode == 0 and "waiting" not in after.stderr, after.stdout + after.stderr
+
+
+PASS_THROUGH_SITE = """\
+- name: Tasks as root through su, and one as the login user when asked
+  hosts: all
+  gather_facts: false
+  become: true
+  become_method: ansible.builtin.su
+  tasks:
+    - name: As root
+      ansible.builtin.command: id -u
+      changed_when: false
+    - name: As the login user
+      ansible.builtin.command: id -u
+      become: false
+      changed_when: false
+      when: mixed | bool
+"""
+
+
+@pytest.mark.parametrize("strategy", ["provision_mitogen", "mitogen_linear"])
+@pytest.mark.parametrize("mixed", [False, True])
+def test_a_context_that_become_only_passes_through_is_not_prepared_until_a_task_runs_in_it(
+    write: Write, local_inventory: Path, strategy: str, mixed: bool
+) -> None:
+    """Mitogen reaches root through the login user's Python (here: local, then su). Stock mitogen_linear
+    prepares both for tasks (module_utils pushed, init_child run); provision_mitogen prepares the login user's
+    only when a task runs as that user."""
+    site = write("site.yml", PASS_THROUGH_SITE)
+    env = {**os.environ, **runner.envvars(RunRequest(inventory=local_inventory)), "MITOGEN_LOG_LEVEL": "debug"}
+    env["ANSIBLE_STRATEGY"] = strategy
+    proc = subprocess.run(
+        [ansible_tool("ansible-playbook"), "-i", str(local_inventory), str(site), "-e", f"mixed={mixed}", "-vvv"],
+        env=env, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert f"ok={2 if mixed else 1} " in proc.stdout
+    prepared = re.findall(r"starting function call to (\S+): ansible_mitogen\.target\.init_child\(", proc.stdout)
+    as_root = [name for name in prepared if name.endswith(".su.root")]
+    as_login_user = [name for name in prepared if not name.endswith(".su.root")]
+    assert len(as_root) == 1, prepared
+    assert len(as_login_user) == (1 if mixed or strategy == "mitogen_linear" else 0), prepared
