@@ -124,7 +124,9 @@ def test_only_argcheck_and_render_import_ansibles_python() -> None:
 
 # Modules nothing in the package imports that belong there all the same: `python -m provision`, and the testinfra
 # suite `provision test` runs by path (shipped as package data).
-ENTRY_POINTS = ("provision.__main__", "provision.smoke.")
+# Run, not imported: `python -m provision`, the smoke suite (pytest loads it), Ansible's plugins (Ansible loads
+# them by path: runner.PROVISION_STRATEGY_DIR).
+ENTRY_POINTS = ("provision.__main__", "provision.smoke.", "provision.strategy_plugins.")
 
 
 def test_no_module_of_the_package_serves_only_tests() -> None:
