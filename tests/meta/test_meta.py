@@ -122,10 +122,9 @@ def test_only_argcheck_and_render_import_ansibles_python() -> None:
 
 # ---- the package carries what users run, and nothing that serves tests only ---------------------------
 
-# Modules nothing in the package imports that belong there all the same: `python -m provision`, and the testinfra
-# suite `provision test` runs by path (shipped as package data).
-# Run, not imported: `python -m provision`, the smoke suite (pytest loads it), Ansible's plugins (Ansible loads
-# them by path: runner.PROVISION_STRATEGY_DIR).
+# Modules nothing in the package imports that belong there all the same: `python -m provision`, the testinfra
+# suite `provision test` runs by path, and the strategy plugin Ansible loads by path (runner.PROVISION_STRATEGY_DIR);
+# the last two are shipped as package data.
 ENTRY_POINTS = ("provision.__main__", "provision.smoke.", "provision.strategy_plugins.")
 
 
