@@ -6,7 +6,7 @@ a Python on the host as the SSH user, then, through it, a second one under sudo;
 Stock Mitogen prepares both the same way: it pushes Ansible's module_utils to each and has each import Mitogen's
 task runner (and with it ansible.module_utils.basic) and fork a parent for later tasks. The first never runs a
 task when every task of the run uses become (all of provision's plays do), so that work is wasted: ~2 s of a
-lab VM's emulated CPU per run, and on a real host one round trip per imported module (~60 of them), which a
+lab VM's emulated CPU per run, and on a real host the round trips of that preparation's imports, which a
 controller far from its hosts pays at 100-300 ms each. Here a context that is only passed through is connected
 and nothing more; it is prepared the first time a task runs in it (a task with `become: false`).
 
@@ -27,7 +27,16 @@ import mitogen.core
 import mitogen.service
 
 _ContextService = ansible_mitogen.services.ContextService
-_NEEDED = ("_connect", "_wait_or_start", "_send_module_forwards", "_get_candidate_temp_dirs", "get")
+# Everything of ContextService's that _connect, _prepare and get below use (its instance attributes aside).
+_NEEDED = (
+    "_connect",
+    "_wait_or_start",
+    "_send_module_forwards",
+    "_get_candidate_temp_dirs",
+    "_update_lru",
+    "_on_context_disconnect",
+    "get",
+)
 # Set while get() connects a context that the next element of the stack is reached through.
 _passing_through = threading.local()
 
@@ -91,8 +100,10 @@ def get(self: Any, stack: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 _stock_connect: Any = getattr(_ContextService, "_connect", None)
-if all(callable(getattr(_ContextService, name, None)) for name in _NEEDED) and hasattr(
-    ansible_mitogen.services, "reraise"
+if (
+    all(callable(getattr(_ContextService, name, None)) for name in _NEEDED)
+    and hasattr(_ContextService, "disconnect_msg")
+    and hasattr(ansible_mitogen.services, "reraise")
 ):
     _ContextService._connect = _connect
     _ContextService.get = mitogen.service.expose(mitogen.service.AllowParents())(

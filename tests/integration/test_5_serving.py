@@ -224,6 +224,7 @@ def test_a_deploy_that_never_gets_healthy_is_rolled_back(lab: Lab, converged: tu
     output = failed.stdout + failed.stderr
     assert failed.returncode != 0
     assert "inference deploy failed" in output and "failing on purpose" in output, output  # the container's log
+    assert "The previous deployment was restored and restarted." in output, output
     for unit in ("inference-1", "inference-2"):
         assert "--fail-health" not in lab.sh(host, f"cat /etc/systemd/system/{unit}.service")
     assert not lab.sh(host, "ls /etc/systemd/system/ | grep '~$' || true").strip(), "backups left behind"

@@ -122,9 +122,10 @@ def test_only_argcheck_and_render_import_ansibles_python() -> None:
 
 # ---- the package carries what users run, and nothing that serves tests only ---------------------------
 
-# Modules nothing in the package imports that belong there all the same: `python -m provision`, and the testinfra
-# suite `provision test` runs by path (shipped as package data).
-ENTRY_POINTS = ("provision.__main__", "provision.smoke.")
+# Modules nothing in the package imports that belong there all the same: `python -m provision`, the testinfra
+# suite `provision test` runs by path, and the strategy plugin Ansible loads by path (runner.PROVISION_STRATEGY_DIR);
+# the last two are shipped as package data.
+ENTRY_POINTS = ("provision.__main__", "provision.smoke.", "provision.strategy_plugins.")
 
 
 def test_no_module_of_the_package_serves_only_tests() -> None:
