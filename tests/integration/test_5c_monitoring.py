@@ -1,41 +1,33 @@
 """Monitoring on real lab VMs: exporters, Prometheus and its alerts around the demo replicas behind nginx.
 
-The docker-flavor VM of the session (the one test_5_serving uses) is in the inference, gateway and monitoring
-groups; lab1 of the session lab is a second monitored host. Both export on their address on the lab's private
-segment (monitoring_address from the lab's private_address): Prometheus on the docker VM scrapes its own node and
-nginx exporters there, its demo replicas on loopback, and lab1's node exporter over the segment, with intervals
-shortened by the inventory so alerts go pending and firing within seconds. lab2, on the segment too but not a
-monitoring host, is the outsider the exporters must not answer.
+It goes on from test_5_serving, on the same inventory (conftest.py's `serving`) and its converge: check mode, the
+first and the second run there installed and checked the monitoring roles too.  The docker VM is in the
+inference, gateway and monitoring groups; WATCHED, a plain VM, is a second monitored host.  Both export on their
+address on the lab's private segment (monitoring_address from the lab's private_address): Prometheus on the docker
+VM scrapes its own node and nginx exporters there, its demo replicas on loopback, and WATCHED's node exporter over
+the segment, with intervals shortened by the inventory so alerts go pending and firing within seconds.  WATCHED is
+also the VM that is not a monitoring host, which the monitoring host's exporters must not answer.
 """
 
 from __future__ import annotations
 
 import base64
 import json
-import os
 import re
 import shlex
-import shutil
-import subprocess
 import time
 import urllib.parse
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
-from labtools import ROOT, Lab, recap
+from labtools import CLIENT, WATCHED, Lab, ServingRuns
 
 from provision import demo_server
-from provision.lab import image
 from provision.smoke import monitoring_checks
 
-MONITORED = "lab1"  # of the session lab: a monitored host that is not the monitoring host
-OUTSIDER = "lab2"  # of the session lab: on the private segment, but not a monitoring host
-CLIENT = "/tmp/llm_client.py"
 PROMETHEUS = "http://127.0.0.1:9090"
 NGINX = "http://127.0.0.1:80"
-TAGS = "container_runtime,inference,nginx,monitoring"
 # The load test: LOAD_CLIENTS one-token completions at once against 2 replicas of MAX_CONCURRENCY slots, each
 # taking TOKEN_DELAY, so about 3 in line per slot: a steady-state TTFT of about 3 x 0.2 = 0.6 s, in one of vLLM's
 # 0.25 s-wide buckets, 0.4 s above what a server that left out the wait in line would report. And about 10
@@ -45,9 +37,19 @@ TAGS = "container_runtime,inference,nginx,monitoring"
 MAX_CONCURRENCY = 1
 TOKEN_DELAY = 0.2
 LOAD_CLIENTS = 6
-WEBHOOK = "http://127.0.0.1:9099/alerts"
+# On top of the serving inventory's monitoring settings: intervals shortened so alerts go pending and firing within
+# seconds (node exporter's systemd collector can take seconds on a busy emulated guest, hence a scrape timeout as
+# long as the interval).
+SHORT_INTERVALS = {
+    "monitoring_server_scrape_interval": "5s",
+    "monitoring_server_scrape_timeout": "5s",
+    "monitoring_server_evaluation_interval": "2s",
+    "monitoring_server_alert_replica_down_for": "10s",
+    "monitoring_server_alertmanager_group_wait": "1s",
+    "monitoring_server_alertmanager_group_interval": "2s",
+}
 RECEIVED = "/tmp/webhook.jsonl"
-# A webhook receiver on the VM's loopback: each POST's body as one line of RECEIVED.
+# A webhook receiver on the VM's loopback (the inventory's WEBHOOK): each POST's body as one line of RECEIVED.
 RECEIVER = f"""
 import http.server
 class Handler(http.server.BaseHTTPRequestHandler):
@@ -61,89 +63,37 @@ http.server.HTTPServer(("127.0.0.1", 9099), Handler).serve_forever()
 """
 
 
-@pytest.fixture(scope="module", autouse=True)
-def outsider_paused(lab: Lab) -> Iterator[None]:
-    """The outsider idles until the cross-VM test: paused, it leaves the others its CPU (unless the other lane of
-    a split run works on it)."""
-    if os.environ.get("PROVISION_TEST_SHARED_LAB"):
-        yield
-        return
-    lab.pause(OUTSIDER)
-    try:
-        yield
-    finally:
-        lab.resume(OUTSIDER)
-
-
-def private_address(lab: Lab, host: str) -> str:
-    return str(yaml.safe_load((lab.inventory / "hosts.yml").read_text())["all"]["children"]["lab"]["hosts"][host]
+def private_address(inventory: Path, host: str) -> str:
+    return str(yaml.safe_load((inventory / "hosts.yml").read_text())["all"]["children"]["lab"]["hosts"][host]
                ["private_address"])  # fmt: skip
 
 
 @pytest.fixture(scope="module")
-def monitored(lab: Lab, docker_host: str, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    """An inventory where the docker host serves two demo replicas behind nginx and is the monitoring host, and
-    lab1 is monitored too; both export on their private address."""
-    inventory = tmp_path_factory.mktemp("monitoring") / "inventory"
-    shutil.copytree(lab.inventory, inventory)
-    settings_file = inventory / "group_vars" / "inference.yml"
-    lab.provision("lab", "demo-image", "--vars-out", str(settings_file), check=True)
-    settings = yaml.safe_load(settings_file.read_text())
-    settings["inference_args"] += ["--max-concurrency", str(MAX_CONCURRENCY), "--token-delay", str(TOKEN_DELAY)]
-    settings |= {"inference_replicas": 2, "inference_model_dir": "/srv/models/demo", "inference_restart": "no"}
-    settings_file.write_text(yaml.safe_dump(settings))
-    (inventory / "group_vars" / "monitoring.yml").write_text(
-        yaml.safe_dump(
-            {
-                "monitoring_server_scrape_group": "monitored",  # not lab2 (nor other modules' hosts)
-                # Node exporter's systemd collector can take seconds on a busy emulated guest.
-                "monitoring_server_scrape_interval": "5s",
-                "monitoring_server_scrape_timeout": "5s",
-                "monitoring_server_evaluation_interval": "2s",
-                "monitoring_server_alert_replica_down_for": "10s",
-                "monitoring_server_storage_path": "/srv/prometheus",
-                "monitoring_server_alertmanager": True,
-                "monitoring_server_alertmanager_webhook_url": WEBHOOK,
-                "monitoring_server_alertmanager_group_wait": "1s",
-                "monitoring_server_alertmanager_group_interval": "2s",
-            }
-        )
+def monitored(lab: Lab, serving: tuple[Path, str], serving_runs: ServingRuns) -> str:
+    """The docker host's replicas with a concurrency limit and no restarts, Prometheus with SHORT_INTERVALS (the
+    test's host vars, which replace the TLS settings test_5_serving left), deployed with `provision up`; a webhook
+    receiver on its loopback; WATCHED running again."""
+    inventory, host = serving
+    assert serving_runs.first.returncode == 0, serving_runs.first.stdout + serving_runs.first.stderr
+    lab.resume(WATCHED)
+    settings = yaml.safe_load((inventory / "group_vars" / "inference.yml").read_text())
+    limited = [
+        *settings["inference_args"],
+        "--max-concurrency",
+        str(MAX_CONCURRENCY),
+        "--token-delay",
+        str(TOKEN_DELAY),
+    ]
+    (inventory / "host_vars").mkdir(exist_ok=True)
+    (inventory / "host_vars" / f"{host}.yml").write_text(
+        yaml.safe_dump({"inference_args": limited, "inference_restart": "no", **SHORT_INTERVALS})
     )
-    groups: dict = {name: {"hosts": {docker_host: None}} for name in ("inference", "gateway", "monitoring")}
-    groups["monitored"] = {
-        "hosts": {docker_host: None, MONITORED: None},
-        "vars": {"monitoring_address": "{{ private_address }}"},  # the lab's address on its private segment
-    }
-    (inventory / "monitoring.yml").write_text(yaml.safe_dump({"all": {"children": groups}}))
-    script = base64.b64encode((ROOT / "provision/smoke/llm_client.py").read_bytes()).decode()
-    lab.sh(docker_host, f"echo {script} | base64 -d > {CLIENT}")
     receiver = base64.b64encode(RECEIVER.encode()).decode()
-    lab.sh(docker_host, f"echo {receiver} | base64 -d > /tmp/receiver.py; rm -f {RECEIVED}")
-    lab.sh(docker_host, "setsid nohup python3 /tmp/receiver.py >/dev/null 2>&1 < /dev/null &")
-    return inventory, docker_host
-
-
-@pytest.fixture(scope="module")
-def converged(lab: Lab, monitored: tuple[Path, str]) -> tuple[subprocess.CompletedProcess[str], ...]:
-    inventory, host = monitored
-    hosts = f"{host},{MONITORED}"
-    # Check mode and the second run of the serving roles are test_5_serving's; here only the monitoring roles'.
-    check = lab.provision("up", "-i", str(inventory), "--tags", "monitoring", "--limit", hosts, "--check")
-    # The docker VM's flavor has the packages, disabled (image.MONITORING_PACKAGES); lab1 has none of them.
-    units = " ".join(image.MONITORING_PACKAGES)
-    nothing_runs = (
-        f"for u in {units}; do systemctl is-active --quiet $u && echo $u running; "
-        "systemctl is-enabled --quiet $u 2>/dev/null && echo $u enabled; done; "
-        "ls /etc/provision/*.args /etc/systemd/system/prometheus*.service.d 2>/dev/null; true"
-    )
-    nothing_installed = (
-        f"for p in {units}; do dpkg-query -W -f '${{Status}}\\n' $p 2>/dev/null | grep -q 'install ok installed' "
-        "&& echo $p installed; done; true"
-    )
-    before = lab.sh(host, nothing_runs) + lab.sh(MONITORED, nothing_runs) + lab.sh(MONITORED, nothing_installed)
-    first = lab.provision("up", "-i", str(inventory), "--tags", TAGS, "--limit", hosts)
-    second = lab.provision("up", "-i", str(inventory), "--tags", "monitoring", "--limit", hosts)
-    return check, before, first, second
+    lab.sh(host, f"echo {receiver} | base64 -d > /tmp/receiver.py; rm -f {RECEIVED}")
+    lab.sh(host, "setsid nohup python3 /tmp/receiver.py >/dev/null 2>&1 < /dev/null &")
+    deployed = lab.provision("up", "-i", str(inventory), "--tags", "inference,nginx,monitoring", "--limit", host)
+    assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+    return host
 
 
 def api(lab: Lab, host: str, path: str) -> dict:
@@ -174,25 +124,8 @@ def wait_for(what: str, probe, seconds: float = 90, every: float = 2, done=bool)
     pytest.fail(f"{what} within {seconds:.0f} s; last: {last}")
 
 
-def test_check_mode_on_a_fresh_host_changes_nothing(converged: tuple, monitored: tuple[Path, str]) -> None:
-    check, before, _, _ = converged
-    assert check.returncode == 0, check.stdout + check.stderr
-    for host in (monitored[1], MONITORED):
-        assert recap(check.stdout)[host]["changed"] > 0, "check mode should report what the first run changes"
-    assert before.strip() == "", before  # nothing of theirs running or enabled, no arguments file, no drop-in
-
-
-def test_first_run_monitors_and_second_changes_nothing(converged: tuple, monitored: tuple[Path, str]) -> None:
-    _, _, first, second = converged
-    host = monitored[1]
-    assert first.returncode == 0, first.stdout + first.stderr
-    assert second.returncode == 0, second.stdout + second.stderr
-    for name in (host, MONITORED):
-        assert recap(second.stdout)[name]["changed"] == 0, second.stdout
-
-
-def test_every_target_is_up(lab: Lab, converged: tuple, monitored: tuple[Path, str]) -> None:
-    host = monitored[1]
+def test_every_target_is_up(lab: Lab, monitored: str) -> None:
+    host = monitored
 
     def targets() -> list[tuple[str, ...]]:  # each with its health and last error, for the failure's message
         active = api(lab, host, "/api/v1/targets?state=active")["activeTargets"]
@@ -202,17 +135,17 @@ def test_every_target_is_up(lab: Lab, converged: tuple, monitored: tuple[Path, s
     found = wait_for("every target up", targets, seconds=120, done=lambda found: all(t[3] == "up" for t in found))
     assert [(job, where, replica) for job, where, replica, *_ in found] == sorted([
         ("inference", host, "inference-1"), ("inference", host, "inference-2"), ("nginx", host, ""),
-        ("node", host, ""), ("node", MONITORED, ""), ("prometheus", host, ""),
+        ("node", host, ""), ("node", WATCHED, ""), ("prometheus", host, ""),
     ])  # fmt: skip
 
 
 def test_exporters_listen_on_the_private_address_only_and_the_gateway_refuses_metrics(
-    lab: Lab, converged: tuple, monitored: tuple[Path, str]
+    lab: Lab, serving: tuple[Path, str], monitored: str
 ) -> None:
-    inventory, host = monitored
+    inventory, host = serving
     listening = lab.sh(host, "ss -Hltn")
     ports = {9090: "127.0.0.1", 9093: "127.0.0.1", 8089: "127.0.0.1"}
-    ports |= {9100: private_address(lab, host), 9113: private_address(lab, host)}
+    ports |= {9100: private_address(inventory, host), 9113: private_address(inventory, host)}
     for port, address in ports.items():
         at_port = {line.split()[3] for line in listening.splitlines() if line.split()[3].endswith(f":{port}")}
         assert at_port == {f"{address}:{port}"}, listening
@@ -223,12 +156,10 @@ def test_exporters_listen_on_the_private_address_only_and_the_gateway_refuses_me
         assert status_of(lab, host, NGINX + path) == str(status), path
 
 
-def test_load_beyond_the_limit_queues_and_ttft_p95_agrees_with_the_client(
-    lab: Lab, converged: tuple, monitored: tuple[Path, str]
-) -> None:
+def test_load_beyond_the_limit_queues_and_ttft_p95_agrees_with_the_client(lab: Lab, monitored: str) -> None:
     """Non-streamed one-token completions: the client's latency is the server's time to first token (from the
     request's arrival at the server, its wait for a slot included, as vLLM's) plus the way through nginx."""
-    host = monitored[1]
+    host = monitored
     load = f"python3 {CLIENT} load {NGINX} --seconds 20 --requests 100000 --concurrency {LOAD_CLIENTS} --tokens 1"
     *_, line, ended = lab.sh(host, f"{load} && date +%s.%N").splitlines()
     result = json.loads(line)
@@ -255,10 +186,8 @@ def test_load_beyond_the_limit_queues_and_ttft_p95_agrees_with_the_client(
     assert abs(server_p95 - result["p95"]) <= width, (server_p95, result)
 
 
-def test_a_replica_stopped_behind_systemds_back_alerts_and_resolves(
-    lab: Lab, converged: tuple, monitored: tuple[Path, str]
-) -> None:
-    host = monitored[1]
+def test_a_replica_stopped_behind_systemds_back_alerts_and_resolves(lab: Lab, monitored: str) -> None:
+    host = monitored
 
     def state() -> str:
         alerts = api(lab, host, "/api/v1/alerts")["alerts"]
@@ -300,23 +229,24 @@ for target in sys.argv[1:]:
 
 
 def test_from_another_vm_the_exporters_are_closed_while_the_monitoring_host_scrapes_them(
-    lab: Lab, converged: tuple, monitored: tuple[Path, str]
+    lab: Lab, serving: tuple[Path, str], monitored: str
 ) -> None:
-    host = monitored[1]
-    if not os.environ.get("PROVISION_TEST_SHARED_LAB"):
-        lab.resume(OUTSIDER)
-    monitoring, scraped = private_address(lab, host), private_address(lab, MONITORED)
-    closed = [f"{monitoring}:{port}" for port in (9100, 9113, 9090, 9093, 8089, 8000, 8001)] + [f"{scraped}:9100"]
-    answers = dict(line.split(" ", 1) for line in lab.sh(OUTSIDER, f"python3 - {' '.join(closed)}", stdin=PROBE)
+    """WATCHED is the other VM: monitored, not a monitoring host. (Its own exporter is not probed from itself:
+    every exporter lets its host's own address in, so that a monitoring host can scrape itself; WATCHED's unit
+    has the same drop-in as the docker host's, whose exporters are probed here.)"""
+    inventory, host = serving
+    monitoring, scraped = private_address(inventory, host), private_address(inventory, WATCHED)
+    closed = [f"{monitoring}:{port}" for port in (9100, 9113, 9090, 9093, 8089, 8000, 8001)]
+    answers = dict(line.split(" ", 1) for line in lab.sh(WATCHED, f"python3 - {' '.join(closed)}", stdin=PROBE)
                    .splitlines())  # fmt: skip
     assert set(answers) == set(closed) and set(answers.values()) <= {"refused", "timeout"}, answers
-    # The exporters themselves drop the outsider (systemd's IPAddressDeny): no answer, not a refusal.
-    assert answers[f"{monitoring}:9100"] == answers[f"{scraped}:9100"] == "timeout", answers
-    # Meanwhile the monitoring host reads lab1's node exporter over the segment, and Prometheus has it up.
+    # The exporters themselves drop the other VM (systemd's IPAddressDeny): no answer, not a refusal.
+    assert answers[f"{monitoring}:9100"] == answers[f"{monitoring}:9113"] == "timeout", answers
+    # Meanwhile the monitoring host reads WATCHED's node exporter over the segment, and Prometheus has it up.
     assert status_of(lab, host, f"http://{scraped}:9100/metrics") == "200"
-    up = query(lab, host, f'up{{job="node",host="{MONITORED}"}}')
+    up = query(lab, host, f'up{{job="node",host="{WATCHED}"}}')
     assert [sample["value"][1] for sample in up] == ["1"], up
-    # The gateway answers the outsider, but not with the replicas' metrics or admin routes.
-    statuses = {path: status_of(lab, OUTSIDER, f"http://{monitoring}:80{path}")
+    # The gateway answers the other VM, but not with the replicas' metrics or admin routes.
+    statuses = {path: status_of(lab, WATCHED, f"http://{monitoring}:80{path}")
                 for path in ("/metrics", "/reset_prefix_cache", "/v1/models")}  # fmt: skip
     assert statuses == {"/metrics": "403", "/reset_prefix_cache": "403", "/v1/models": "200"}, statuses
