@@ -37,12 +37,14 @@ NGINX = "http://127.0.0.1:80"
 MAX_CONCURRENCY = 1
 TOKEN_DELAY = 0.2
 LOAD_CLIENTS = 6
+KILLED = {"alertname": "ReplicaDown", "replica": "inference-2"}  # the alert the replica test provokes
 # On top of the serving inventory's monitoring settings: intervals shortened so alerts go pending and firing within
-# seconds (node exporter's systemd collector can take seconds on a busy emulated guest, hence a scrape timeout as
-# long as the interval).
+# seconds. A scrape may take as long as the interval: node exporter's systemd collector can take seconds on an
+# emulated guest, and under the suite's two lanes a 5 s timeout was missed now and then (HostDown, ReplicaDown
+# for replicas nobody stopped).
 SHORT_INTERVALS = {
-    "monitoring_server_scrape_interval": "5s",
-    "monitoring_server_scrape_timeout": "5s",
+    "monitoring_server_scrape_interval": "10s",
+    "monitoring_server_scrape_timeout": "10s",
     "monitoring_server_evaluation_interval": "2s",
     "monitoring_server_alert_replica_down_for": "10s",
     "monitoring_server_alertmanager_group_wait": "1s",
@@ -189,11 +191,12 @@ def test_load_beyond_the_limit_queues_and_ttft_p95_agrees_with_the_client(lab: L
 def test_a_replica_stopped_behind_systemds_back_alerts_and_resolves(lab: Lab, monitored: str) -> None:
     host = monitored
 
+    # Only inference-2's alert: under the suite's load a scrape of the other replica may time out now and then.
     def state() -> str:
         alerts = api(lab, host, "/api/v1/alerts")["alerts"]
-        return next((a["state"] for a in alerts if a["labels"]["alertname"] == "ReplicaDown"), "none")
+        return next((a["state"] for a in alerts if a["labels"] == {**a["labels"], **KILLED}), "none")
 
-    assert state() == "none"
+    wait_for("no ReplicaDown alert for inference-2 before the test", lambda: state() == "none", seconds=60)
     lab.sh(host, "sudo docker kill inference-2 >/dev/null")  # not systemctl stop: the unit sees its server die
     seen = [wait_for("ReplicaDown pending", lambda: state() == "pending" and "pending", seconds=30, every=1)]
     seen.append(wait_for("ReplicaDown firing", lambda: state() == "firing" and "firing", seconds=60, every=1))
@@ -201,10 +204,11 @@ def test_a_replica_stopped_behind_systemds_back_alerts_and_resolves(lab: Lab, mo
     seen.append(wait_for("ReplicaDown resolved", lambda: state() == "none" and "resolved", seconds=60, every=1))
     assert seen == ["pending", "firing", "resolved"]
 
-    def notified() -> list[str]:  # what Alertmanager posted to the webhook about ReplicaDown, in order
+    def notified() -> list[str]:  # what Alertmanager posted to the webhook about inference-2's alert, in order
         lines = lab.sh(host, f"cat {RECEIVED} 2>/dev/null; true").splitlines()
         posts = [json.loads(line) for line in lines if line.strip()]
-        return [post["status"] for post in posts if post["groupLabels"].get("alertname") == "ReplicaDown"]
+        return [alert["status"] for post in posts for alert in post["alerts"]
+                if alert["labels"] == {**alert["labels"], **KILLED}]  # fmt: skip
 
     statuses = wait_for("the webhook told of ReplicaDown firing, then resolved",
                         lambda: "resolved" in notified() and notified(), seconds=60)  # fmt: skip
@@ -244,8 +248,9 @@ def test_from_another_vm_the_exporters_are_closed_while_the_monitoring_host_scra
     assert answers[f"{monitoring}:9100"] == answers[f"{monitoring}:9113"] == "timeout", answers
     # Meanwhile the monitoring host reads WATCHED's node exporter over the segment, and Prometheus has it up.
     assert status_of(lab, host, f"http://{scraped}:9100/metrics") == "200"
-    up = query(lab, host, f'up{{job="node",host="{WATCHED}"}}')
-    assert [sample["value"][1] for sample in up] == ["1"], up
+    wait_for(f"Prometheus has {WATCHED}'s node exporter up",  # (a scrape under the suite's load may time out)
+             lambda: [sample["value"][1] for sample in query(lab, host, f'up{{job="node",host="{WATCHED}"}}')],
+             seconds=60, done=lambda values: values == ["1"])  # fmt: skip
     # The gateway answers the other VM, but not with the replicas' metrics or admin routes.
     statuses = {path: status_of(lab, WATCHED, f"http://{monitoring}:80{path}")
                 for path in ("/metrics", "/reset_prefix_cache", "/v1/models")}  # fmt: skip
