@@ -22,7 +22,7 @@ fi
 # mostly waits on one guest under TCG, so two lanes keep both cores busy. Each VM of another flavor has its own
 # name (tests/integration/labtools.py), so the lanes never race for one. The session lab is started here, while
 # the unit tests run, and stopped after both lanes.
-LANE_B=(tests/integration/test_4_security.py tests/integration/test_5_serving.py tests/integration/test_5c_monitoring.py
+LANE_B=(tests/integration/test_4_security.py tests/integration/test_5_serving.py tests/integration/test_5a_monitoring.py
         tests/integration/test_5b_nvidia_toolkit.py tests/integration/test_6b_nvidia_driver.py)
 started=$(date +%s)
 shared=$(mktemp -d -t provision-suite.XXXXXX)

@@ -41,7 +41,7 @@ LATER_IMAGES = {
     "test_4_security.py": ("oci",),
     "test_4b_selinux.py": ("selinux",),
     "test_5_serving.py": ("docker", "demo"),
-    "test_5c_monitoring.py": ("docker", "demo"),
+    "test_5a_monitoring.py": ("docker", "demo"),
     "test_6b_nvidia_driver.py": ("nvidia",),
 }
 _wanted_images: list[str] = []
@@ -167,14 +167,17 @@ def add_host(hosts_file: Path, name: str, hostvars: dict) -> None:
     hosts_file.write_text(header + yaml.safe_dump(inventory, sort_keys=False))
 
 
-# --- The serving host (test_5_serving, then test_5c_monitoring, in lane B) --------------------------------------
+# --- The serving host (test_5_serving, then test_5a_monitoring, in lane B) --------------------------------------
 # One inventory and one converge for both modules: the docker host serves two demo replicas behind nginx and is
 # the monitoring host; it and WATCHED, a plain VM of its own, are monitored over the lab's private segment.
 
-# The monitoring host's settings while test_5_serving runs: Prometheus's own intervals (test_5c_monitoring shortens
-# them for its alerts: scraping every few seconds would cost test_5_serving's guest CPU it has no use for).
+# The monitoring host's settings while test_5_serving runs. Scrapes are costly on an emulated guest (node
+# exporter's answer takes ~1.5 s of its CPU there, ~1000 series from the systemd collector alone), and nothing
+# reads them before test_5a_monitoring, which sets its own short intervals: once a minute meanwhile.
 MONITORING_SETTINGS = {
     "monitoring_server_scrape_group": "monitored",  # not the session's lab1, lab2
+    "monitoring_server_scrape_interval": "60s",
+    "monitoring_server_evaluation_interval": "60s",
     "monitoring_server_storage_path": "/srv/prometheus",
     "monitoring_server_alertmanager": True,
     "monitoring_server_alertmanager_webhook_url": WEBHOOK,
@@ -241,5 +244,5 @@ def serving_runs(lab: Lab, serving: tuple[Path, str]) -> ServingRuns:
     before = lab.sh(host, nothing_runs) + lab.sh(WATCHED, nothing_runs) + lab.sh(WATCHED, nothing_installed)
     first = lab.provision(*args)
     second = lab.provision(*args)
-    lab.pause(WATCHED)  # idle until test_5c_monitoring: its CPU is test_5_serving's meanwhile
+    lab.pause(WATCHED)  # idle until test_5a_monitoring: its CPU is test_5_serving's meanwhile
     return ServingRuns(check, before, first, second)

@@ -4,7 +4,7 @@ One VM of the docker flavor (Docker preinstalled, as on many cloud images) joins
 inventory (conftest.py's `serving`) puts it in the inference and gateway groups with the demo image built by
 `provision lab demo-image` (a Debian rootfs, imported by the container_runtime role: no registry involved), and
 makes it the monitoring host of itself and of a plain VM: check mode, the first and the second run here cover
-the monitoring roles too, and test_5c_monitoring goes on from them.  Requests are made on the VM itself with
+the monitoring roles too, and test_5a_monitoring goes on from them.  Requests are made on the VM itself with
 provision/smoke/llm_client.py (the VM has python3, not curl), so timings are not skewed by the SSH forwarding.
 """
 

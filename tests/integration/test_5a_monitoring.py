@@ -17,6 +17,7 @@ import re
 import shlex
 import time
 import urllib.parse
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,7 @@ import yaml
 from labtools import CLIENT, WATCHED, Lab, ServingRuns
 
 from provision import demo_server
+from provision.lab import image
 from provision.smoke import monitoring_checks
 
 PROMETHEUS = "http://127.0.0.1:9090"
@@ -71,7 +73,7 @@ def private_address(inventory: Path, host: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def monitored(lab: Lab, serving: tuple[Path, str], serving_runs: ServingRuns) -> str:
+def monitored(lab: Lab, serving: tuple[Path, str], serving_runs: ServingRuns) -> Iterator[str]:
     """The docker host's replicas with a concurrency limit and no restarts, Prometheus with SHORT_INTERVALS (the
     test's host vars, which replace the TLS settings test_5_serving left), deployed with `provision up`; a webhook
     receiver on its loopback; WATCHED running again."""
@@ -95,7 +97,10 @@ def monitored(lab: Lab, serving: tuple[Path, str], serving_runs: ServingRuns) ->
     lab.sh(host, "setsid nohup python3 /tmp/receiver.py >/dev/null 2>&1 < /dev/null &")
     deployed = lab.provision("up", "-i", str(inventory), "--tags", "inference,nginx,monitoring", "--limit", host)
     assert deployed.returncode == 0, deployed.stdout + deployed.stderr
-    return host
+    yield host
+    # Scraping every few seconds, they would take the CPU of what runs next (test_5b on this host, lane A).
+    lab.sh(host, f"sudo systemctl stop {' '.join(image.MONITORING_PACKAGES)} provision-gateway-metrics.timer")
+    lab.pause(WATCHED)
 
 
 def api(lab: Lab, host: str, path: str) -> dict:
