@@ -2,14 +2,20 @@
 
 Standard library only, so the container image is a bare Debian rootfs with python3 and this one file.
 Routes: GET /health, GET /v1/models, POST /v1/chat/completions (JSON, or SSE token by token with
-`"stream": true`, ending with `data: [DONE]`), GET /ws (websocket echo).  Like vLLM it does not send
-`X-Accel-Buffering`, so an unbuffered stream through nginx proves nginx's own configuration.
+`"stream": true`, ending with `data: [DONE]`), GET /ws (websocket echo), GET /metrics (Prometheus text).
+Like vLLM it does not send `X-Accel-Buffering`, so an unbuffered stream through nginx proves nginx's own configuration.
 
     python3 demo_server.py --port 8000 --token-delay 0.05 --tokens 24
 
 Every option also reads an environment variable (DEMO_PORT, DEMO_TOKEN_DELAY, ...), so an env file can
 change behaviour without a new image; `--fail-health` (DEMO_FAIL_HEALTH=1) makes /health answer 503,
 which is how tests deploy a server whose health check never passes.
+
+Like vLLM it runs at most `--max-concurrency` completions at once (DEMO_MAX_CONCURRENCY); the rest wait in
+line.  /metrics exports vLLM's names for what it really did: vllm:num_requests_running and _waiting, the
+time-to-first-token and end-to-end latency histograms (vLLM's buckets; both count from the request's arrival,
+so time spent waiting is in them), vllm:generation_tokens_total and vllm:kv_cache_usage_perc (the share of
+the concurrency slots in use: each running request holds its KV cache).
 """
 
 from __future__ import annotations
@@ -26,6 +32,8 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -53,7 +61,16 @@ def options(argv: list[str] | None = None) -> argparse.Namespace:
         default=env("DEMO_FAIL_HEALTH", "") not in ("", "0"),
         help="answer /health with 503 (a server that never becomes healthy)",
     )
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--max-concurrency",
+        type=int,
+        default=int(env("DEMO_MAX_CONCURRENCY", "8")),
+        help="completions generated at once; more wait in line (vllm:num_requests_waiting)",
+    )
+    config = parser.parse_args(argv)
+    if config.max_concurrency < 1:
+        parser.error(f"--max-concurrency must be at least 1, not {config.max_concurrency}")
+    return config
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -91,12 +108,20 @@ class Handler(BaseHTTPRequestHandler):
         elif path == "/v1/models":
             model = {"id": self.config.model, "object": "model", "created": 0, "owned_by": "provision-demo"}
             self._json(200, {"object": "list", "data": [model]})
+        elif path == "/metrics":
+            data = self.server.metrics.exposition(self.config.model).encode()  # type: ignore[attr-defined]
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
         elif path == "/ws" and self.headers.get("Upgrade", "").lower() == "websocket":
             self._websocket_echo()
         else:
             self._json(404, {"error": {"message": f"no route {path}", "type": "not_found"}})
 
     def _post(self) -> None:
+        arrived = time.monotonic()
         path = self.path.split("?", 1)[0]
         try:
             length = int(self.headers.get("Content-Length") or 0)
@@ -110,11 +135,16 @@ class Handler(BaseHTTPRequestHandler):
             self._json(404, {"error": {"message": f"no route {path}", "type": "not_found"}})
             return
         tokens = _reply_tokens(request.get("max_tokens"), self.config.tokens)
-        if request.get("stream"):
-            self._stream(tokens)
-        else:
-            time.sleep(self.config.token_delay * len(tokens))
-            self._json(200, self._completion(tokens))
+        metrics: Metrics = self.server.metrics  # type: ignore[attr-defined]
+        with metrics.slot():
+            if request.get("stream"):
+                self._stream(tokens, lambda: metrics.first_token(arrived))
+            else:
+                time.sleep(self.config.token_delay)
+                metrics.first_token(arrived)
+                time.sleep(self.config.token_delay * (len(tokens) - 1))
+                self._json(200, self._completion(tokens))
+            metrics.finished(arrived, len(tokens))
 
     # --- replies ------------------------------------------------------------------------------------------
 
@@ -131,7 +161,7 @@ class Handler(BaseHTTPRequestHandler):
             "usage": {"prompt_tokens": 1, "completion_tokens": len(tokens), "total_tokens": len(tokens) + 1},
         }
 
-    def _stream(self, tokens: list[str]) -> None:
+    def _stream(self, tokens: list[str], first_token: Callable[[], None]) -> None:
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Cache-Control", "no-cache")
@@ -150,9 +180,11 @@ class Handler(BaseHTTPRequestHandler):
             self._chunk(f"data: {json.dumps(chunk)}\n\n".encode())
 
         event({"role": "assistant", "content": ""})
-        for token in tokens:
+        for index, token in enumerate(tokens):
             time.sleep(self.config.token_delay)
             event({"content": token})
+            if index == 0:
+                first_token()
         event({}, "stop")
         self._chunk(b"data: [DONE]\n\n")
         self._chunk(b"")  # the last chunk of a chunked body
@@ -190,6 +222,101 @@ class Handler(BaseHTTPRequestHandler):
             reply = 0xA if opcode == 0x9 else opcode  # ping gets pong; text and binary come back as they were
             self.wfile.write(encode_frame(reply, payload))
             self.wfile.flush()
+
+
+# vLLM's buckets (vllm/v1/metrics/loggers.py), so that queries and dashboards read the same.
+TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+                20.0, 40.0, 80.0, 160.0, 640.0, 2560.0)  # fmt: skip
+E2E_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0, 240.0,
+               480.0, 960.0, 1920.0, 7680.0)  # fmt: skip
+
+
+class Histogram:
+    """A Prometheus histogram: cumulative bucket counts, sum and count (the caller holds the lock)."""
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last is +Inf
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.sum += value
+        self.counts[next((i for i, bound in enumerate(self.bounds) if value <= bound), len(self.bounds))] += 1
+
+    def lines(self, name: str, labels: str) -> list[str]:
+        out, total = [], 0
+        for bound, count in zip([*map(_number, self.bounds), "+Inf"], self.counts, strict=True):
+            total += count
+            out.append(f'{name}_bucket{{{labels},le="{bound}"}} {total}')
+        return [*out, f"{name}_sum{{{labels}}} {_number(self.sum)}", f"{name}_count{{{labels}}} {total}"]
+
+
+class Metrics:
+    """What the server did, under vLLM's metric names: slots (the concurrency limit), waits, latencies, tokens."""
+
+    def __init__(self, max_concurrency: int) -> None:
+        self.max_concurrency = max_concurrency
+        self.lock = threading.Condition()
+        self.running = self.waiting = self.tokens = self.finished_requests = 0
+        self.ttft = Histogram(TTFT_BUCKETS)
+        self.e2e = Histogram(E2E_BUCKETS)
+
+    @contextmanager
+    def slot(self) -> Iterator[None]:
+        """Hold one of the max_concurrency slots; wait in line (counted) while all are taken."""
+        with self.lock:
+            self.waiting += 1
+            self.lock.wait_for(lambda: self.running < self.max_concurrency)
+            self.waiting -= 1
+            self.running += 1
+        try:
+            yield
+        finally:
+            with self.lock:
+                self.running -= 1
+                self.lock.notify()
+
+    def first_token(self, arrived: float) -> None:
+        with self.lock:
+            self.ttft.observe(time.monotonic() - arrived)
+
+    def finished(self, arrived: float, tokens: int) -> None:
+        with self.lock:
+            self.e2e.observe(time.monotonic() - arrived)
+            self.tokens += tokens
+            self.finished_requests += 1
+
+    def exposition(self, model: str) -> str:
+        """The Prometheus text format (version 0.0.4)."""
+        labels = f'model_name="{_label(model)}"'
+        with self.lock:
+            gauges = [
+                ("vllm:num_requests_running", "gauge", "Requests being generated now.", self.running),
+                ("vllm:num_requests_waiting", "gauge", "Requests waiting for a slot.", self.waiting),
+                ("vllm:kv_cache_usage_perc", "gauge", "KV cache in use, 1 is full (the share of slots taken).",
+                 self.running / self.max_concurrency),
+                ("vllm:generation_tokens_total", "counter", "Tokens generated.", self.tokens),
+            ]  # fmt: skip
+            lines = []
+            for name, kind, text, value in gauges:
+                lines += [f"# HELP {name} {text}", f"# TYPE {name} {kind}", f"{name}{{{labels}}} {_number(value)}"]
+            name = "vllm:request_success_total"
+            lines += [f"# HELP {name} Requests answered in full.", f"# TYPE {name} counter",
+                      f'{name}{{{labels},finished_reason="stop"}} {self.finished_requests}']  # fmt: skip
+            for name, histogram, text in (
+                ("vllm:time_to_first_token_seconds", self.ttft, "From arrival to the first token."),
+                ("vllm:e2e_request_latency_seconds", self.e2e, "From arrival to the last token."),
+            ):
+                lines += [f"# HELP {name} {text}", f"# TYPE {name} histogram", *histogram.lines(name, labels)]
+        return "\n".join(lines) + "\n"
+
+
+def _number(value: float) -> str:
+    return repr(float(value)) if isinstance(value, float) else str(value)
+
+
+def _label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
 def _reply_tokens(max_tokens: object, default: int) -> list[str]:
@@ -233,8 +360,9 @@ class Server(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 128  # socketserver's default listen backlog of 5 resets connections in a burst
 
-    def __init__(self, *args: Any) -> None:
+    def __init__(self, *args: Any, max_concurrency: int = 8) -> None:
         super().__init__(*args)
+        self.metrics = Metrics(max_concurrency)
         self.in_flight = 0
         self.idle = threading.Condition()
 
@@ -255,7 +383,7 @@ class Server(ThreadingHTTPServer):
 
 def serve(config: argparse.Namespace) -> Server:
     handler = type("ConfiguredHandler", (Handler,), {"config": config})
-    return Server((config.host, config.port), handler)
+    return Server((config.host, config.port), handler, max_concurrency=config.max_concurrency)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -269,7 +397,11 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, stop)  # PID 1 in a container ignores SIGTERM without a handler
     signal.signal(signal.SIGINT, stop)
     health = "failing on purpose (--fail-health)" if config.fail_health else "ok"
-    print(f"provision demo server: model {config.model!r} on {config.host}:{config.port}, health {health}", flush=True)
+    print(
+        f"provision demo server: model {config.model!r} on {config.host}:{config.port}, health {health}, "
+        f"{config.max_concurrency} requests at once",
+        flush=True,
+    )
     server.serve_forever()
     server.server_close()  # no new connections from here on
     drained = server.drain(timeout=20)

@@ -50,6 +50,36 @@ def _replica_units(variables: "HostVars") -> list[tuple[str, Vars]]:
     ]
 
 
+def _true(value: Any) -> bool:
+    """A variable as Ansible's bool filter reads it."""
+    return str(value).strip().lower() in ("true", "yes", "on", "1", "y", "t")
+
+
+def _one(name: str) -> Callable[["HostVars"], list[tuple[str, Vars]]]:
+    return lambda variables: [(name, {})]
+
+
+def _on_gpu_hosts(name: str) -> Callable[["HostVars"], list[tuple[str, Vars]]]:
+    """The file on hosts of the monitoring agent's GPU group only, when it is enabled, as the role includes dcgm.yml."""
+
+    def instances(v: "HostVars") -> list[tuple[str, Vars]]:
+        gpu_hosts = v["groups"].get(v["monitoring_agent_gpu_group"], [])
+        return [(name, {})] if _true(v["monitoring_agent_enabled"]) and v["inventory_hostname"] in gpu_hosts else []
+
+    return instances
+
+
+def _alertmanager(variables: "HostVars") -> list[tuple[str, Vars]]:
+    return [("alertmanager.yml", {})] if _true(variables["monitoring_server_alertmanager"]) else []
+
+
+def _template(
+    playbook: str, role: str, name: str, instances: Callable[["HostVars"], list[tuple[str, Vars]]]
+) -> Renderable:
+    """A role's template whose path is <role>_<name>_template and whose file is __<role>_<name>_src."""
+    return Renderable(f"{role}_{name}_template", f"__{role}_{name}_src", role, instances, playbook)
+
+
 def _tunnel_units(variables: "HostVars") -> list[tuple[str, Vars]]:
     """One unit per SSH tunnel, as the tunnel role loops over them (its loop variable __tunnel_forward)."""
     return [
@@ -67,19 +97,17 @@ def _openvpn_client_config(variables: "HostVars") -> list[tuple[str, Vars]]:
 
 RENDERABLE: tuple[Renderable, ...] = (
     Renderable("inference_unit_template", "__inference_unit_src", role="inference", instances=_replica_units),
-    Renderable("nginx_conf_template", "__nginx_conf_src", role="nginx", instances=lambda v: [("nginx.conf", {})]),
+    Renderable("nginx_conf_template", "__nginx_conf_src", role="nginx", instances=_one("nginx.conf")),
     Renderable(
         "tunnel_unit_template", "__tunnel_unit_src", role="tunnel", instances=_tunnel_units, playbook="tunnel.yml"
     ),
-    Renderable(
-        "openvpn_client_conf_template",
-        "__openvpn_client_conf_src",
-        role="openvpn_client",
-        instances=_openvpn_client_config,
-        playbook="egress.yml",
-    ),
+    _template("monitoring.yml", "monitoring_server", "config", _one("prometheus.yml")),
+    _template("monitoring.yml", "monitoring_server", "rules", _one("provision-alerts.yml")),
+    _template("monitoring.yml", "monitoring_server", "alertmanager", _alertmanager),
+    _template("monitoring.yml", "monitoring_agent", "dcgm_exporter_unit", _on_gpu_hosts("dcgm-exporter.service")),
+    _template("monitoring.yml", "monitoring_agent", "dcgm_counters", _on_gpu_hosts("dcgm-counters.csv")),
+    _template("egress.yml", "openvpn_client", "conf", _openvpn_client_config),
 )
-SERVING_PLAYBOOK = "serving.yml"
 
 
 def render_host(inventory: Inventory, host: str, out_dir: Path | None = None) -> list[RenderedFile]:

@@ -4,7 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-host_packages=(qemu-system-x86 qemu-utils mmdebstrap apt-cacher-ng openssh-client e2fsprogs python3-venv)
+# prometheus brings promtool, which checks the generated Prometheus config and unit-tests the alert rules.
+host_packages=(qemu-system-x86 qemu-utils mmdebstrap apt-cacher-ng openssh-client e2fsprogs python3-venv prometheus)
 missing=()
 for pkg in "${host_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

@@ -17,10 +17,12 @@ if [ $# -gt 0 ] || [ "${PROVISION_TEST_LANES:-2}" != 2 ]; then
 fi
 
 # Two lanes on one lab (under their load an emulated guest may answer SSH later than Ansible's default 10 s: the
-# lab inventory allows 60). Lane B holds the modules that work on VMs of their own flavors (lab3 and up); lane A
-# the rest, on the session lab (lab1, lab2). Each module mostly waits on one guest under TCG, so two lanes keep
-# both cores busy. The session lab is started here, while the unit tests run, and stopped after both lanes.
-LANE_B=(tests/integration/test_4_security.py tests/integration/test_4b_selinux.py tests/integration/test_5_serving.py
+# lab inventory allows 60). Lane B holds modules that work on VMs of their own flavors (lab3 and up); lane A the
+# rest: those on the session lab (lab1, lab2), and test_4b (lab4), which evens out the lanes' times. Each module
+# mostly waits on one guest under TCG, so two lanes keep both cores busy. Each VM of another flavor has its own
+# name (tests/integration/labtools.py), so the lanes never race for one. The session lab is started here, while
+# the unit tests run, and stopped after both lanes.
+LANE_B=(tests/integration/test_4_security.py tests/integration/test_5_serving.py tests/integration/test_5a_monitoring.py
         tests/integration/test_5b_nvidia_toolkit.py tests/integration/test_6b_nvidia_driver.py)
 started=$(date +%s)
 shared=$(mktemp -d -t provision-suite.XXXXXX)

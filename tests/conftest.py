@@ -77,3 +77,14 @@ def signals_as_at_a_terminal() -> Iterator[None]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+@pytest.fixture(scope="session")
+def require_promtool() -> str:
+    """promtool's path; fails (never skips) without it: the alert rules' unit tests must run wherever the suite does."""
+    import shutil
+
+    found = shutil.which("promtool")
+    if found is None:
+        pytest.fail("promtool is not installed: run scripts/setup.sh (Debian package prometheus)", pytrace=False)
+    return found

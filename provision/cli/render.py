@@ -26,13 +26,16 @@ def render(inventory_path: Path, host: str, out_dir: Path | None) -> ExitCode:
     from provision import inventory
     from provision import render as rendering
 
-    files = rendering.render_host(inventory.load_inventory(inventory_path), host, out_dir)
-    if not files:
-        serving = {item.role for item in rendering.RENDERABLE if item.playbook == rendering.SERVING_PLAYBOOK}
-        groups = " and ".join(
-            f"{role} on {pattern!r}" for role, pattern in rendering.render_groups().items() if role in serving
-        )
-        log(f"nothing to render for {host}: {rendering.SERVING_PLAYBOOK} runs {groups}, and {host} is in neither")
+    loaded = inventory.load_inventory(inventory_path)
+    files = rendering.render_host(loaded, host, out_dir)
+    if not files:  # the roles whose plays skip the host (those that run on it had nothing to write there)
+        runs = [
+            f"{role} on {pattern!r}"
+            for role, pattern in rendering.render_groups().items()
+            if host not in loaded.select(pattern)
+        ]
+        groups = ", ".join(runs[:-1]) + f" and {runs[-1]}"
+        log(f"nothing to render for {host}: {paths.SITE_PLAYBOOK.name} runs {groups}, and {host} is in none of them")
     for file in files:
         if out_dir is None:
             click.echo(f"# ==> {file.name} <==")

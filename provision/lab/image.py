@@ -160,6 +160,15 @@ NVIDIA_VARS: tuple[tuple[str, object], ...] = (
     ("nvidia_container_toolkit", "never"),
 )
 
+# What monitoring_agent and monitoring_server install from Debian (packaged_daemon_package of each).
+MONITORING_PACKAGES = (
+    "prometheus",
+    "prometheus-alertmanager",
+    "prometheus-node-exporter",
+    "prometheus-nginx-exporter",
+)
+MONITORING_SETUP = "".join(f"systemctl disable {package}.service\n" for package in MONITORING_PACKAGES)
+
 # Each flavor is built and cached on first use only.
 FLAVORS: dict[str, Flavor] = {
     "plain": Flavor(),
@@ -186,7 +195,9 @@ FLAVORS: dict[str, Flavor] = {
     # Docker present as on a cloud image with Docker preinstalled (installing docker.io under TCG takes ~5 min);
     # the container_runtime role still configures it.  docker.service is enabled by the package.  apparmor:
     # Debian's kernel enables AppArmor, and dockerd cannot start containers without apparmor_parser.
-    "docker": Flavor(packages=("docker.io", "apparmor")),
+    # The monitoring roles' packages too (unpacking Prometheus alone takes minutes under TCG), installed and
+    # disabled, so nothing of theirs runs until monitoring_agent and monitoring_server configure and start it.
+    "docker": Flavor(packages=("docker.io", "apparmor", *MONITORING_PACKAGES), setup=MONITORING_SETUP),
     # The NVIDIA driver built by DKMS for the image's kernel, nouveau blacklisted and the initramfs rebuilt, by
     # the nvidia role itself (nvidia_install_without_gpu) run in a chroot at native speed: compiling the module
     # in a TCG guest would take most of the suite's budget.  The kernel is the image's, not the builder's.

@@ -7,7 +7,7 @@ file to the host's python3 and read one JSON object from its output:
     ttft URL [--repeat N] [--tokens N]  median/min/max time to first token over N streamed completions
     complete URL [--tokens N]           one non-streamed completion: status, the replica that answered
     websocket URL [--message TEXT]      websocket handshake status and the echoed message
-    load URL --seconds S --requests N --concurrency C   non-streamed completions: rps, p50, p99, errors
+    load URL --seconds S --requests N --concurrency C   non-streamed completions: rps, p50, p95, p99, errors
     status URL                          the status of a GET of URL (a relay's route)
 
 URL is the server's base (http://127.0.0.1:80); an optional user:password@ in it becomes basic auth.
@@ -211,7 +211,7 @@ def load(url: str, seconds: float, requests: int, concurrency: int, tokens: int 
         return latencies[min(len(latencies) - 1, int(p * len(latencies)))] if latencies else None
 
     return {"ok": len(latencies), "errors": len(errors), "error_kinds": sorted(set(errors)), "wall": wall,
-            "rps": len(latencies) / wall, "p50": pct(0.50), "p99": pct(0.99)}  # fmt: skip
+            "rps": len(latencies) / wall, "p50": pct(0.50), "p95": pct(0.95), "p99": pct(0.99)}  # fmt: skip
 
 
 def status(url: str, timeout: float = 60) -> dict[str, Any]:

@@ -21,5 +21,5 @@ def _rendered(case: Path) -> tuple[Inventory, tuple[RenderedFile, ...]]:
 
 @pytest.fixture(scope="session")
 def rendered_case() -> Callable[[Path], tuple[Inventory, tuple[RenderedFile, ...]]]:
-    """case directory -> (its inventory, the files `provision render` makes for its one host)."""
+    """case directory -> (its inventory, the files `provision render` makes for its first host)."""
     return _rendered

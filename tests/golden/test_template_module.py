@@ -4,9 +4,9 @@ byte, and match the expected files.
 
 Two kinds of case:
 - render/<case>/ (test_render.py): the case's inventory, run through the plays of playbooks/serving.yml,
-  tunnel.yml and egress.yml with stand-in roles that have the real roles' defaults, vars and templates and only
-  their template task (template_module/<role>.yml); one ansible-playbook run takes every case in turn,
-  re-reading the inventory.
+  monitoring.yml, tunnel.yml and egress.yml, limited to the case's first host, with stand-in roles that have the
+  real roles' defaults, vars and templates and only their template task (template_module/<role>.yml); one
+  ansible-playbook run takes every case in turn, re-reading the inventory.
 - templates/<case>/case.yml: a role template that `provision render` does not show (base, ssh): `role`,
   `template` (the role variable naming it), `facts` (the host's), `vars` (the host's inventory variables) and
   `set_facts` (what the role's earlier tasks set), with expected/<template name without .j2>. All these run in
@@ -35,7 +35,7 @@ RENDER_CASES = sorted(path for path in (HERE / "render").iterdir() if path.is_di
 ROLE_CASES = sorted(path for path in (HERE / "templates").iterdir() if (path / "case.yml").is_file())
 UPDATE = os.environ.get("PROVISION_UPDATE_GOLDEN") == "1"
 RenderedCase = Callable[[Path], tuple[Inventory, tuple[render.RenderedFile, ...]]]
-STAND_IN_ROLES = tuple(item.role for item in render.RENDERABLE)
+STAND_IN_ROLES = tuple(dict.fromkeys(item.role for item in render.RENDERABLE))
 
 
 def case_of(case: Path) -> dict[str, Any]:
@@ -85,13 +85,15 @@ def ansible_playbook(playbook: Path, inventory: Path, roles: Path, extra: dict[s
 
 
 @pytest.fixture(scope="module")
-def module_rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, bytes]]:
+def module_rendered(
+    tmp_path_factory: pytest.TempPathFactory, rendered_case: RenderedCase
+) -> dict[str, dict[str, bytes]]:
     """case -> file -> what the template module wrote, all cases in one ansible-playbook run.
 
     For each case: a play on localhost points the inventory at the case's file and re-reads it (so each case
-    sees only its own hosts, groups and group_vars), then the plays of serving.yml, tunnel.yml and egress.yml
-    (the playbooks of render.RENDERABLE: hosts, roles, order; no become or facts) run with stand-in roles, then
-    the hosts' facts are cleared for the next case.
+    sees only its own hosts, groups and group_vars), then the plays of serving.yml, monitoring.yml, tunnel.yml and
+    egress.yml (the playbooks of render.RENDERABLE: hosts, roles, order; no become or facts), limited to the case's
+    first host, run with stand-in roles, then the hosts' facts are cleared for the next case.
     """
     project = tmp_path_factory.mktemp("serving-project")
     (project / "playbooks").mkdir()
@@ -113,9 +115,11 @@ def module_rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[
         switch = {"name": "Point the inventory at the case", "ansible.builtin.file": link}
         plays.append({"name": f"Switch to {case.name}", "hosts": "localhost", "gather_facts": False,
                       "tasks": [switch, refresh]})  # fmt: skip
+        first = rendered_case(case)[0].hosts[0]  # the host provision render renders
         for play in serving:
             case_vars = {**play.get("vars", {}), "golden_out": str(out / case.name)}
-            plays.append({**play, "become": False, "gather_facts": False, "vars": case_vars})
+            hosts = f"{play['hosts']}:&{first}"
+            plays.append({**play, "hosts": hosts, "become": False, "gather_facts": False, "vars": case_vars})
         plays.append(forget)
     (project / "playbooks/cases.yml").write_text(yaml.safe_dump(plays, sort_keys=False))
     current.symlink_to(RENDER_CASES[0] / "inventory.yml")
@@ -200,17 +204,20 @@ def test_stand_in_template_task_is_the_roles(role: str) -> None:
 
     stand_in = [shape(t) for t in _tasks(yaml.safe_load((STAND_INS / f"{role}.yml").read_text()))
                 if "ansible.builtin.template" in t]  # fmt: skip
-    real = [
-        shape(t)
+    tasks = [
+        t
         for path in sorted((paths.ROLES / role / "tasks").glob("*.yml"))
         for t in _tasks(yaml.safe_load(path.read_text()))
-        if "ansible.builtin.template" in t
     ]
-    assert len(stand_in) == 1
-    src, task_vars, loop, loop_control = stand_in[0]
-    loop_var = (loop_control or {}).get("loop_var")
-    mirrored = [r for r in real if r[:3] == (src, task_vars, loop) and (r[3] or {}).get("loop_var") == loop_var]
-    assert mirrored, f"{role}: the stand-in's template task {stand_in[0]} is none of the role's: {real}"
+    real = [shape(t) for t in tasks if "ansible.builtin.template" in t]
+    # A file the role hands packaged_daemon, which templates each one as it is (no task vars, no loop of the role's).
+    real += [(f["src"], None, None, None) for t in tasks for f in t.get("vars", {}).get("packaged_daemon_files", [])]
+    assert len(stand_in) == sum(item.role == role for item in render.RENDERABLE)  # one per template render shows
+    for task in stand_in:
+        src, task_vars, loop, loop_control = task
+        loop_var = (loop_control or {}).get("loop_var")
+        mirrored = [r for r in real if r[:3] == (src, task_vars, loop) and (r[3] or {}).get("loop_var") == loop_var]
+        assert mirrored, f"{role}: the stand-in's template task {task} is none of the role's: {real}"
 
 
 # ---- every template has a case -------------------------------------------------------------------------

@@ -7,8 +7,8 @@ directory, apart from any lab the user runs, on ports of its own.  Image and tem
 
 from __future__ import annotations
 
+import base64
 import os
-import re
 import shutil
 import subprocess
 import threading
@@ -17,7 +17,22 @@ from pathlib import Path
 
 import pytest
 import yaml
-from labtools import BASE_PORT, PHASES, SESSION_HOSTS, Lab, phase
+from labtools import (
+    BASE_PORT,
+    CLIENT,
+    DOCKER_HOST,
+    PHASES,
+    ROOT,
+    SERVING_TAGS,
+    SESSION_HOSTS,
+    WATCHED,
+    WEBHOOK,
+    Lab,
+    ServingRuns,
+    phase,
+)  # fmt: skip
+
+from provision.lab import image
 
 # The images the later modules start VMs of, in the order they need them. On a cold cache they are built in the
 # background while the first modules run on the session lab (a build is mostly downloads and unpacking; the
@@ -26,6 +41,7 @@ LATER_IMAGES = {
     "test_4_security.py": ("oci",),
     "test_4b_selinux.py": ("selinux",),
     "test_5_serving.py": ("docker", "demo"),
+    "test_5a_monitoring.py": ("docker", "demo"),
     "test_6b_nvidia_driver.py": ("nvidia",),
 }
 _wanted_images: list[str] = []
@@ -59,7 +75,7 @@ def _prebuild(images: list[str]) -> None:
 
 
 # scripts/test.sh runs the integration modules in two lanes, two pytest processes side by side on one lab: it
-# starts the session lab (lab1, lab2) in this directory before either lane and stops it after both. The modules
+# starts the session lab (lab1, lab2) in this directory before either lane and stops it after both. Most modules
 # that work on VMs of their own flavors (lab3..) run in the second lane, while the first works on lab1 and lab2:
 # a module mostly waits on one guest, and two such waits share the machine's two cores. Unset (a developer
 # running a module or two), the session starts and stops its own lab, and those modules pause lab1 and lab2.
@@ -120,32 +136,113 @@ def converged(lab: Lab) -> tuple[subprocess.CompletedProcess[str], subprocess.Co
 
 @pytest.fixture(scope="session")
 def docker_host(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> str:
-    """A lab VM of the docker flavor, started next to whatever the session lab already runs.
+    """DOCKER_HOST, a lab VM of the docker flavor, started next to whatever the session lab already runs.
 
-    Other modules start hosts of their own flavors (test_4: lab3, oci; test_4b: lab4, selinux) and keep them out
-    of the session inventory, so the next free name comes from `lab status`, not from that inventory.  `lab up
-    --hosts N` keeps running hosts and starts the missing ones of lab1..labN: N one past the highest lab host
-    starts exactly one new VM.  Only that host is added to the session inventory.
+    Each module that starts VMs of its own flavor names them (labtools: lab3 oci, lab4 selinux, lab5 docker, lab6
+    nvidia, lab7 the watched plain VM), so the two lanes of scripts/test.sh never race for a name.  Only this
+    host is added to the session inventory.
     """
     hosts_file = lab.inventory / "hosts.yml"
-    text = hosts_file.read_text()
-    inventory = yaml.safe_load(text)
-    running = inventory["all"]["children"]["lab"]["hosts"]
-    for name, hostvars in running.items():
-        if hostvars.get("lab_flavor") == "docker":
-            return str(name)
-    listed = lab.provision("lab", "status", check=True).stdout
-    index = max(int(n) for n in re.findall(r"^lab(\d+)\s", listed, re.M)) + 1
-    name = f"lab{index}"
+    running = yaml.safe_load(hosts_file.read_text())["all"]["children"]["lab"]["hosts"]
+    if DOCKER_HOST in running:
+        return DOCKER_HOST
     started = tmp_path_factory.mktemp("docker") / "lab-hosts.yml"
     with phase("docker-flavor VM up (flavor built first on a cold cache)"):
         lab.provision(
-            "lab", "up", "--hosts", str(index), "--flavor", "docker", "--base-port", str(BASE_PORT),
+            "lab", "up", "--name", DOCKER_HOST, "--flavor", "docker", "--base-port", str(BASE_PORT),
             "--inventory-out", str(started), check=True,
         )  # fmt: skip
-    hostvars = yaml.safe_load(started.read_text())["all"]["children"]["lab"]["hosts"][name]
-    assert hostvars["lab_flavor"] == "docker", f"{name} was already running, as {hostvars['lab_flavor']}"
-    running[name] = hostvars
+    hostvars = yaml.safe_load(started.read_text())["all"]["children"]["lab"]["hosts"][DOCKER_HOST]
+    assert hostvars["lab_flavor"] == "docker", f"{DOCKER_HOST} was already running, as {hostvars['lab_flavor']}"
+    add_host(hosts_file, DOCKER_HOST, hostvars)
+    return DOCKER_HOST
+
+
+def add_host(hosts_file: Path, name: str, hostvars: dict) -> None:
+    """Add a lab VM to an inventory's hosts.yml, keeping its header comments."""
+    text = hosts_file.read_text()
+    inventory = yaml.safe_load(text)
+    inventory["all"]["children"]["lab"]["hosts"][name] = hostvars
     header = "".join(line for line in text.splitlines(keepends=True) if line.startswith("#"))
     hosts_file.write_text(header + yaml.safe_dump(inventory, sort_keys=False))
-    return name
+
+
+# --- The serving host (test_5_serving, then test_5a_monitoring, in lane B) --------------------------------------
+# One inventory and one converge for both modules: the docker host serves two demo replicas behind nginx and is
+# the monitoring host; it and WATCHED, a plain VM of its own, are monitored over the lab's private segment.
+
+# The monitoring host's settings while test_5_serving runs. Scrapes are costly on an emulated guest (node
+# exporter's answer takes ~1.5 s of its CPU there, ~1000 series from the systemd collector alone), and nothing
+# reads them before test_5a_monitoring, which sets its own short intervals: once a minute meanwhile.
+MONITORING_SETTINGS = {
+    "monitoring_server_scrape_group": "monitored",  # not the session's lab1, lab2
+    "monitoring_server_scrape_interval": "60s",
+    "monitoring_server_evaluation_interval": "60s",
+    "monitoring_server_storage_path": "/srv/prometheus",
+    "monitoring_server_alertmanager": True,
+    "monitoring_server_alertmanager_webhook_url": WEBHOOK,
+}
+
+
+@pytest.fixture(scope="session")
+def watched_host(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """WATCHED started: its inventory variables."""
+    started = tmp_path_factory.mktemp("watched") / "lab-hosts.yml"
+    with phase("watched VM up (a plain one, for the monitoring host to scrape)"):
+        lab.provision(
+            "lab", "up", "--name", WATCHED, "--flavor", "plain", "--base-port", str(BASE_PORT),
+            "--inventory-out", str(started), check=True,
+        )  # fmt: skip
+    return dict(yaml.safe_load(started.read_text())["all"]["children"]["lab"]["hosts"][WATCHED])
+
+
+@pytest.fixture(scope="session")
+def serving(
+    lab: Lab, docker_host: str, watched_host: dict, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, str]:
+    """An inventory serving two demo replicas behind nginx on the docker host, the monitoring host of it and of
+    WATCHED (which is in this inventory only); both export on their private address."""
+    inventory = tmp_path_factory.mktemp("serving") / "inventory"
+    shutil.copytree(lab.inventory, inventory)
+    add_host(inventory / "hosts.yml", WATCHED, watched_host)
+    settings_file = inventory / "group_vars" / "inference.yml"
+    built = lab.provision("lab", "demo-image", "--vars-out", str(settings_file), check=True)
+    assert "provision-demo:" in built.stdout
+    settings = yaml.safe_load(settings_file.read_text())
+    settings |= {"inference_replicas": 2, "inference_model_dir": "/srv/models/demo", "inference_restart_sec": 2}
+    settings_file.write_text(yaml.safe_dump(settings))
+    (inventory / "group_vars" / "monitoring.yml").write_text(yaml.safe_dump(MONITORING_SETTINGS))
+    groups: dict = {name: {"hosts": {docker_host: None}} for name in ("inference", "gateway", "monitoring")}
+    groups["monitored"] = {
+        "hosts": {docker_host: None, WATCHED: None},
+        "vars": {"monitoring_address": "{{ private_address }}"},  # the lab's address on its private segment
+    }
+    (inventory / "serving.yml").write_text(yaml.safe_dump({"all": {"children": groups}}))
+    script = base64.b64encode((ROOT / "provision/smoke/llm_client.py").read_bytes()).decode()
+    lab.sh(docker_host, f"echo {script} | base64 -d > {CLIENT}")
+    return inventory, docker_host
+
+
+@pytest.fixture(scope="session")
+def serving_runs(lab: Lab, serving: tuple[Path, str]) -> ServingRuns:
+    """Check mode on the fresh hosts, then `provision up` twice (SERVING_TAGS on the docker host and WATCHED)."""
+    inventory, host = serving
+    args = ("up", "-i", str(inventory), "--tags", SERVING_TAGS, "--limit", f"{host},{WATCHED}")
+    check = lab.provision(*args, "--check")
+    # The docker VM's flavor has the monitoring packages, disabled (image.MONITORING_PACKAGES); WATCHED has none.
+    units = " ".join(image.MONITORING_PACKAGES)
+    nothing_runs = (
+        f"for u in {units}; do systemctl is-active --quiet $u && echo $u running; "
+        "systemctl is-enabled --quiet $u 2>/dev/null && echo $u enabled; done; "
+        "ls /etc/provision/*.args /etc/systemd/system/prometheus*.service.d /etc/systemd/system/inference-1.service"
+        " 2>/dev/null; true"
+    )
+    nothing_installed = (
+        f"for p in {units}; do dpkg-query -W -f '${{Status}}\\n' $p 2>/dev/null | grep -q 'install ok installed' "
+        "&& echo $p installed; done; true"
+    )
+    before = lab.sh(host, nothing_runs) + lab.sh(WATCHED, nothing_runs) + lab.sh(WATCHED, nothing_installed)
+    first = lab.provision(*args)
+    second = lab.provision(*args)
+    lab.pause(WATCHED)  # idle until test_5a_monitoring: its CPU is test_5_serving's meanwhile
+    return ServingRuns(check, before, first, second)

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import re
 import shutil
+import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -20,6 +22,20 @@ from testkit.lab import Lab as Lab
 PHASES: dict[str, float] = {}
 BASE_PORT = 2311
 SESSION_HOSTS = ("lab1", "lab2")  # the session lab (conftest.py); modules add lab3.. of other flavors
+# The serving host's inventory (conftest.py's serving fixture), shared by test_5_serving and test_5a_monitoring.
+DOCKER_HOST = "lab5"  # the docker-flavor VM (conftest.py's docker_host); lab3, lab4, lab6: test_4, test_4b, test_6b
+WATCHED = "lab7"  # a plain VM the docker host's Prometheus scrapes
+CLIENT = "/tmp/llm_client.py"
+SERVING_TAGS = "container_runtime,inference,nginx,monitoring"
+WEBHOOK = "http://127.0.0.1:9099/alerts"  # test_5a_monitoring's receiver, on the docker host's loopback
+
+
+@dataclass(frozen=True)
+class ServingRuns:
+    check: subprocess.CompletedProcess[str]
+    before: str  # what of the serving and monitoring units existed before the first run (after check mode): none
+    first: subprocess.CompletedProcess[str]
+    second: subprocess.CompletedProcess[str]
 
 
 @contextmanager

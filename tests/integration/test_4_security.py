@@ -103,7 +103,7 @@ def lab3(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab3]:
     work = tmp_path_factory.mktemp("security")
     # lab3's inventory goes apart from the session's, so later tests still see lab1 and lab2 only.
     lab.provision(
-        "lab", "up", "--hosts", "3", "--flavor", "oci", "--base-port", str(BASE_PORT),
+        "lab", "up", "--name", HOST, "--flavor", "oci", "--base-port", str(BASE_PORT),
         "--inventory-out", str(work / "lab-hosts.yml"), check=True,
     )  # fmt: skip
     port = yaml.safe_load((work / "lab-hosts.yml").read_text())["all"]["children"]["lab"]["hosts"][HOST]["ansible_port"]
@@ -128,7 +128,7 @@ def lab3(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab3]:
     (inventory.parent / "group_vars").mkdir()
     (inventory.parent / "group_vars" / "all.yml").write_text(yaml.safe_dump(config))
     yield Lab3(lab, port, password, work, key, work / "known_hosts", inventory, [])
-    lab.pause(HOST)  # not needed again; `lab up --hosts 4` still counts it as running, so lab4 is next
+    lab.pause(HOST)  # not needed again
 
 
 def assert_no_password(state: Lab3, *paths: Path) -> None:

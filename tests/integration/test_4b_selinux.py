@@ -50,7 +50,7 @@ class Lab4:
 def lab4(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab4]:
     work = tmp_path_factory.mktemp("selinux")
     lab.provision(
-        "lab", "up", "--hosts", "4", "--flavor", "selinux", "--base-port", str(BASE_PORT),
+        "lab", "up", "--name", SE_HOST, "--flavor", "selinux", "--base-port", str(BASE_PORT),
         "--inventory-out", str(work / "lab-hosts.yml"), check=True,
     )  # fmt: skip
     hosts = yaml.safe_load((work / "lab-hosts.yml").read_text())
@@ -69,7 +69,7 @@ def lab4(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab4]:
     state = Lab4(lab, inventory)
     state.sh("sudo mkdir -p /srv/models && sudo tee /etc/nginx/sites-enabled/default >/dev/null", stdin=NGINX_SITE)
     yield state
-    lab.pause(SE_HOST)  # not needed again; paused, it still counts as running for the next `lab up`
+    lab.pause(SE_HOST)  # not needed again
 
 
 def test_selinux_role_fixes_the_upstream_denial_and_stays_enforcing(lab4: Lab4) -> None:

@@ -1,20 +1,19 @@
 """Serving on a real lab VM: the demo server as health-gated systemd units behind nginx, streaming.
 
 One VM of the docker flavor (Docker preinstalled, as on many cloud images) joins the session lab.  Its
-inventory puts it in the inference and gateway groups with the demo image built by `provision lab demo-image`
-(a Debian rootfs, imported by the container_runtime role: no registry involved).  Requests are made on the VM
-itself with provision/smoke/llm_client.py (the VM has python3, not curl), so timings are not skewed by the
-SSH forwarding.
+inventory (conftest.py's `serving`) puts it in the inference and gateway groups with the demo image built by
+`provision lab demo-image` (a Debian rootfs, imported by the container_runtime role: no registry involved), and
+makes it the monitoring host of itself and of a plain VM: check mode, the first and the second run here cover
+the monitoring roles too, and test_5a_monitoring goes on from them.  Requests are made on the VM itself with
+provision/smoke/llm_client.py (the VM has python3, not curl), so timings are not skewed by the SSH forwarding.
 """
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import http.client
 import json
 import secrets
-import shutil
 import socket
 import ssl
 import subprocess
@@ -26,7 +25,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from labtools import ROOT, Lab, recap
+from labtools import CLIENT, WATCHED, Lab, ServingRuns, recap
 from sslyze import ScanCommandsExtraArguments, Scanner, ServerNetworkLocation, ServerScanRequest
 from sslyze.mozilla_tls_profile.tls_config_checker import (
     SCAN_COMMANDS_NEEDED_BY_MOZILLA_CHECKER,
@@ -40,65 +39,34 @@ from sslyze.plugins.certificate_info.implementation import CertificateInfoExtraA
 # The session's VMs idle while this module works on its own: paused, they leave it their CPU.
 pytestmark = pytest.mark.usefixtures("session_hosts_paused")
 
-CLIENT = "/tmp/llm_client.py"
 NGINX = "http://127.0.0.1:80"
 NGINX_TLS = "https://127.0.0.1:443"
 DIRECT = "http://127.0.0.1:8000"
-TAGS = "container_runtime,inference,nginx"
 
 
 def client(lab: Lab, host: str, *args: str) -> dict:
     return json.loads(lab.sh(host, f"python3 {CLIENT} {' '.join(args)}").strip().splitlines()[-1])
 
 
-@pytest.fixture(scope="module")
-def serving(lab: Lab, docker_host: str, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    """An inventory serving two demo replicas behind nginx on the docker host."""
-    inventory = tmp_path_factory.mktemp("serving") / "inventory"
-    shutil.copytree(lab.inventory, inventory)
-    built = lab.provision(
-        "lab", "demo-image", "--vars-out", str(inventory / "group_vars" / "inference.yml"), check=True
-    )
-    assert "provision-demo:" in built.stdout
-    settings = yaml.safe_load((inventory / "group_vars" / "inference.yml").read_text())
-    settings |= {"inference_replicas": 2, "inference_model_dir": "/srv/models/demo", "inference_restart_sec": 2}
-    (inventory / "group_vars" / "inference.yml").write_text(yaml.safe_dump(settings))
-    groups = {
-        "all": {"children": {"inference": {"hosts": {docker_host: None}}, "gateway": {"hosts": {docker_host: None}}}}
-    }
-    (inventory / "serving.yml").write_text(yaml.safe_dump(groups))
-    script = base64.b64encode((ROOT / "provision/smoke/llm_client.py").read_bytes()).decode()
-    lab.sh(docker_host, f"echo {script} | base64 -d > {CLIENT}")
-    return inventory, docker_host
-
-
-@pytest.fixture(scope="module")
-def converged(lab: Lab, serving: tuple[Path, str]) -> tuple[subprocess.CompletedProcess[str], ...]:
-    inventory, host = serving
-    check = lab.provision("up", "-i", str(inventory), "--tags", TAGS, "--limit", host, "--check")
-    nothing_yet = lab.sh(host, "test -e /etc/systemd/system/inference-1.service && echo unit || echo no unit").strip()
-    first = lab.provision("up", "-i", str(inventory), "--tags", TAGS, "--limit", host)
-    second = lab.provision("up", "-i", str(inventory), "--tags", TAGS, "--limit", host)
-    return check, nothing_yet, first, second
-
-
-def test_check_mode_on_a_fresh_host_changes_nothing(converged: tuple, serving: tuple[Path, str]) -> None:
-    check, nothing_yet, _, _ = converged
+def test_check_mode_on_a_fresh_host_changes_nothing(serving_runs: ServingRuns, serving: tuple[Path, str]) -> None:
+    check = serving_runs.check
     assert check.returncode == 0, check.stdout + check.stderr
-    assert recap(check.stdout)[serving[1]]["changed"] > 0, "check mode should report what the first run changes"
-    assert nothing_yet == "no unit"
+    for host in (serving[1], WATCHED):
+        assert recap(check.stdout)[host]["changed"] > 0, "check mode should report what the first run changes"
+    # No inference unit; nothing of the monitoring packages running or enabled, no arguments file, no drop-in.
+    assert serving_runs.before.strip() == "", serving_runs.before
 
 
-def test_first_run_serves_and_second_changes_nothing(converged: tuple, serving: tuple[Path, str]) -> None:
-    _, _, first, second = converged
-    host = serving[1]
+def test_first_run_serves_and_second_changes_nothing(serving_runs: ServingRuns, serving: tuple[Path, str]) -> None:
+    first, second = serving_runs.first, serving_runs.second
     assert first.returncode == 0, first.stdout + first.stderr
-    assert recap(first.stdout)[host]["changed"] > 0
     assert second.returncode == 0, second.stdout + second.stderr
-    assert recap(second.stdout)[host]["changed"] == 0, second.stdout
+    for host in (serving[1], WATCHED):
+        assert recap(first.stdout)[host]["changed"] > 0, first.stdout
+        assert recap(second.stdout)[host]["changed"] == 0, second.stdout
 
 
-def test_units_run_and_nginx_is_not_root(lab: Lab, converged: tuple, serving: tuple[Path, str]) -> None:
+def test_units_run_and_nginx_is_not_root(lab: Lab, serving_runs: ServingRuns, serving: tuple[Path, str]) -> None:
     host = serving[1]
     assert lab.sh(host, "systemctl is-active inference-1 inference-2 nginx docker").split() == ["active"] * 4
     assert lab.sh(host, "systemctl is-enabled inference-1 inference-2").split() == ["enabled"] * 2
@@ -108,13 +76,15 @@ def test_units_run_and_nginx_is_not_root(lab: Lab, converged: tuple, serving: tu
     assert "--ipc=host" in lab.sh(host, "cat /etc/systemd/system/inference-1.service")
 
 
-def test_gpus_auto_gives_a_host_without_gpus_none(lab: Lab, converged: tuple, serving: tuple[Path, str]) -> None:
+def test_gpus_auto_gives_a_host_without_gpus_none(
+    lab: Lab, serving_runs: ServingRuns, serving: tuple[Path, str]
+) -> None:
     """inference_gpus is auto by default; the lab has no GPU and docker no nvidia runtime."""
     assert "--gpus" not in lab.sh(serving[1], "cat /etc/systemd/system/inference-1.service")
 
 
 def test_gpus_true_without_gpus_fails_clearly_and_changes_nothing(
-    lab: Lab, converged: tuple, serving: tuple[Path, str]
+    lab: Lab, serving_runs: ServingRuns, serving: tuple[Path, str]
 ) -> None:
     inventory, host = serving
     units = "sudo sha256sum /etc/systemd/system/inference-*.service /etc/provision/inference.env"
@@ -132,7 +102,9 @@ def test_gpus_true_without_gpus_fails_clearly_and_changes_nothing(
     assert lab.sh(host, units) == before
 
 
-def test_tokens_stream_through_nginx_as_fast_as_direct(lab: Lab, converged: tuple, serving: tuple[Path, str]) -> None:
+def test_tokens_stream_through_nginx_as_fast_as_direct(
+    lab: Lab, serving_runs: ServingRuns, serving: tuple[Path, str]
+) -> None:
     host = serving[1]
     streamed = client(lab, host, "stream", NGINX, "--tokens", "24")
     assert streamed["status"] == 200 and streamed["done"], streamed
@@ -147,19 +119,21 @@ def test_tokens_stream_through_nginx_as_fast_as_direct(lab: Lab, converged: tupl
     assert through["median"] - direct["median"] < 0.050, (through, direct)
 
 
-def test_provision_test_checks_replicas_and_streaming(lab: Lab, converged: tuple, serving: tuple[Path, str]) -> None:
+def test_provision_test_checks_replicas_and_streaming(
+    lab: Lab, serving_runs: ServingRuns, serving: tuple[Path, str]
+) -> None:
     inventory, host = serving
     checked = lab.provision("test", "-i", str(inventory), "--limit", host, "-k", "serving")
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert "2 passed" in checked.stdout, checked.stdout
 
 
-def test_websocket_echo_through_nginx(lab: Lab, converged: tuple, serving: tuple[Path, str]) -> None:
+def test_websocket_echo_through_nginx(lab: Lab, serving_runs: ServingRuns, serving: tuple[Path, str]) -> None:
     reply = client(lab, serving[1], "websocket", NGINX, "--message", "ping-from-test")
     assert reply == {"status": 101, "echo": "ping-from-test"}
 
 
-def test_requests_are_spread_over_both_replicas(lab: Lab, converged: tuple, serving: tuple[Path, str]) -> None:
+def test_requests_are_spread_over_both_replicas(lab: Lab, serving_runs: ServingRuns, serving: tuple[Path, str]) -> None:
     host = serving[1]
     lab.sh(host, "sudo truncate -s 0 /var/log/nginx/access.log")
     result = client(
@@ -170,7 +144,7 @@ def test_requests_are_spread_over_both_replicas(lab: Lab, converged: tuple, serv
     assert "upstream=127.0.0.1:8000 " in log and "upstream=127.0.0.1:8001 " in log, log
 
 
-def test_stopping_a_replica_loses_no_request(lab: Lab, converged: tuple, serving: tuple[Path, str]) -> None:
+def test_stopping_a_replica_loses_no_request(lab: Lab, serving_runs: ServingRuns, serving: tuple[Path, str]) -> None:
     host = serving[1]
     before = lab.sh(host, "systemctl show -p NRestarts --value inference-1").strip()
     # Non-streamed completions for 12 s from 4 connections; one replica is stopped 4 s in.
@@ -193,7 +167,7 @@ def test_stopping_a_replica_loses_no_request(lab: Lab, converged: tuple, serving
 
 
 def test_invalid_nginx_config_never_replaces_the_live_one(
-    lab: Lab, converged: tuple, serving: tuple[Path, str]
+    lab: Lab, serving_runs: ServingRuns, serving: tuple[Path, str]
 ) -> None:
     inventory, host = serving
     live = lab.sh(host, "sha256sum /etc/nginx/nginx.conf")
@@ -210,7 +184,9 @@ def test_invalid_nginx_config_never_replaces_the_live_one(
     assert client(lab, host, "complete", NGINX, "--tokens", "1")["status"] == 200
 
 
-def test_a_deploy_that_never_gets_healthy_is_rolled_back(lab: Lab, converged: tuple, serving: tuple[Path, str]) -> None:
+def test_a_deploy_that_never_gets_healthy_is_rolled_back(
+    lab: Lab, serving_runs: ServingRuns, serving: tuple[Path, str]
+) -> None:
     inventory, host = serving
     settings = yaml.safe_load((inventory / "group_vars" / "inference.yml").read_text())
     host_vars = inventory / "host_vars"
@@ -366,7 +342,7 @@ class Gateway:
 
 @pytest.fixture(scope="module")
 def tls_gateway(
-    lab: Lab, converged: tuple, serving: tuple[Path, str], tmp_path_factory: pytest.TempPathFactory
+    lab: Lab, serving_runs: ServingRuns, serving: tuple[Path, str], tmp_path_factory: pytest.TempPathFactory
 ) -> Gateway:
     """The gateway switched to TLS with a certificate made here and basic auth by `provision up`, run twice."""
     inventory, host = serving

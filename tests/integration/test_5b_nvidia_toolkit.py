@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import json
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -42,7 +43,7 @@ def _standin_deb(directory: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def toolkit_runs(lab: Lab, docker_host: str, tmp_path_factory: pytest.TempPathFactory) -> tuple:
+def toolkit_runs(lab: Lab, docker_host: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple]:
     work = tmp_path_factory.mktemp("toolkit")
     deb = base64.b64encode(_standin_deb(work).read_bytes()).decode()
     lab.sh(docker_host, f"echo {deb} | base64 -d > /tmp/standin.deb && sudo dpkg -i /tmp/standin.deb >/dev/null")
@@ -58,7 +59,10 @@ def toolkit_runs(lab: Lab, docker_host: str, tmp_path_factory: pytest.TempPathFa
     args = ("up", "-i", str(inventory), "--limit", docker_host, "--tags", "nvidia,container_runtime")
     first = lab.provision(*args)
     second = lab.provision(*args)
-    return docker_host, started, first, second
+    yield docker_host, started, first, second
+    # The last module on the docker host (test_5_serving, test_5a_monitoring, then this): idle with Docker and two
+    # replicas it would take half a core from the modules that run after.
+    lab.pause(docker_host)
 
 
 def test_toolkit_runtime_is_merged_into_daemon_json_and_docker_lists_it(lab: Lab, toolkit_runs: tuple) -> None:

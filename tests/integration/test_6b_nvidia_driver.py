@@ -28,8 +28,7 @@ from provision.lab import aptcache, image
 pytestmark = pytest.mark.usefixtures("session_hosts_paused")
 
 PIN = dict(image.NVIDIA_VARS)["nvidia_driver_version"]
-# A number of its own: this module runs in the first lane (scripts/test.sh) while the second starts lab3 (oci),
-# lab4 (selinux) and the docker host (the next free number) on the same lab; `lab up --name` starts it alone.
+# A name of its own (labtools lists them all): the two lanes of scripts/test.sh start VMs on the same lab.
 NAME = "lab6"
 
 

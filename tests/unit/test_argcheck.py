@@ -307,7 +307,8 @@ def test_every_typed_variable_of_every_real_role_is_checked() -> None:
             if (bad := _bad_value(spec)) is not None:
                 extravars[name] = bad
                 expected.add(name)
-    inv = Inventory(Path("hosts.yml"), ("h1",), {"h1": {}}, {"all": ("h1",), "inference": ("h1",), "gateway": ("h1",)})
+    groups = {"all": ("h1",), "inference": ("h1",), "gateway": ("h1",), "monitoring": ("h1",)}
+    inv = Inventory(Path("hosts.yml"), ("h1",), {"h1": {}}, groups)
     problems = argcheck.check(inv, paths.SITE_PLAYBOOK, extravars=extravars)
     assert {problem.variable for problem in problems} == expected
     assert len(expected) > 40
@@ -401,10 +402,12 @@ def test_up_with_bad_variables_exits_2_naming_them_and_contacts_nothing(write: W
 
 
 def test_a_role_that_roles_include_is_checked_on_their_hosts() -> None:
-    """live_config runs inside container_runtime (inference hosts), nginx (gateway hosts) and openvpn_client (all
-    hosts; it skips itself on those without a VPN server)."""
+    """live_config runs inside container_runtime (inference hosts), nginx (gateway hosts), openvpn_client (all
+    hosts; it skips itself on those without a VPN server) and, through packaged_daemon, monitoring_agent (all
+    hosts) and monitoring_server (monitoring hosts)."""
     uses = argcheck.role_uses(paths.SITE_PLAYBOOK)
-    assert {use.hosts for use in uses if use.role.name == "live_config"} == {"inference", "gateway", "all"}
+    live_config_hosts = {use.hosts for use in uses if use.role.name == "live_config"}
+    assert live_config_hosts == {"inference", "gateway", "all", "monitoring"}
     inv = Inventory(Path("hosts.yml"), ("h1",), {"h1": {}}, {"all": ("h1",), "inference": ("h1",), "gateway": ("h1",)})
     (problem,) = argcheck.check(inv, paths.SITE_PLAYBOOK, extravars={"live_config_apply": "kill"})
     assert problem.variable == "live_config_apply" and problem.hosts == ("h1",)

@@ -274,8 +274,8 @@ def test_render_for_a_host_outside_the_serving_groups_says_there_is_nothing(
     assert result.code == 0
     assert result.out == "" and not (tmp_path / "out").exists()
     assert one_line(result.err) == (
-        "nothing to render for db1: serving.yml runs inference on 'inference' and nginx on 'gateway', "
-        "and db1 is in neither"
+        "nothing to render for db1: site.yml runs inference on 'inference', nginx on 'gateway' and "
+        "monitoring_server on 'monitoring', and db1 is in none of them"
     )
 
 

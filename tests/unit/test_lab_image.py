@@ -35,3 +35,24 @@ def test_only_abandoned_builds_are_swept(tmp_path: Path) -> None:
     (tmp_path / "debian12-0123").mkdir()
     image._sweep_abandoned_builds(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["build-now", "debian12-0123"]
+
+
+def test_the_docker_flavor_has_the_monitoring_roles_packages_installed_and_disabled() -> None:
+    """Every daemon the monitoring roles install through packaged_daemon is baked into the docker flavor (which the
+    monitoring test's host runs), its unit disabled so that only the roles start it."""
+    import yaml
+
+    from provision import paths
+
+    daemons = {
+        (include["vars"]["packaged_daemon_package"], include["vars"]["packaged_daemon_unit"])
+        for role in ("monitoring_agent", "monitoring_server")
+        for tasks in sorted((paths.ROLES / role / "tasks").glob("*.yml"))
+        for task in yaml.safe_load(tasks.read_text())
+        for include in [task, *task.get("block", [])]
+        if include.get("ansible.builtin.include_role", {}).get("name") == "packaged_daemon"
+    }
+    assert len(daemons) == 4, daemons
+    docker = image.FLAVORS["docker"]
+    assert {package for package, _ in daemons} <= set(docker.packages)
+    assert set(docker.setup.splitlines()) == {f"systemctl disable {unit}.service" for _, unit in daemons}

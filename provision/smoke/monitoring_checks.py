@@ -1,0 +1,85 @@
+"""Checks for the monitoring roles: every exporter answers on its address and listens nowhere else, the gateway
+refuses /metrics, and Prometheus sees every target up. Pure functions parse what the host said; the
+`*_problems` functions take a testinfra host."""
+
+import json
+import shlex
+from collections.abc import Mapping
+from typing import Any
+
+EVERY_ADDRESS = ("0.0.0.0", "*", "[::]", "::")
+
+
+def bracketed(address: str) -> str:
+    return f"[{address}]" if ":" in address and not address.startswith("[") else address
+
+
+def listen_problems(ss_output: str, name: str, address: str, port: int) -> list[str]:
+    """From `ss -Hltn`: the port must be listened on at `address` and nowhere else."""
+    wanted = f"{bracketed(address)}:{port}"
+    local = [fields[3] for fields in (line.split() for line in ss_output.splitlines()) if len(fields) >= 4]
+    at_port = [where for where in local if where.rsplit(":", 1)[-1] == str(port)]
+    if not at_port:
+        return [f"{name} listens nowhere on port {port} (wanted {wanted})"]
+    elsewhere = sorted(set(at_port) - {wanted})
+    if elsewhere:
+        return [f"{name} listens on {', '.join(elsewhere)}, not only {wanted} (exporters are never world-open)"]
+    return []
+
+
+def targets_down(api_answer: str) -> list[str]:
+    """From Prometheus's /api/v1/targets: each active target that is not up, with its job, host and error."""
+    targets = json.loads(api_answer)["data"]["activeTargets"]
+    return [
+        f"{t['labels'].get('job')} target {t['scrapeUrl']} (host {t['labels'].get('host', '?')}) is {t['health']}: "
+        f"{t.get('lastError') or 'not scraped yet'}"
+        for t in targets
+        if t["health"] != "up"
+    ]
+
+
+FETCH = (
+    "import sys, urllib.request, urllib.error\n"
+    "try:\n"
+    "    r = urllib.request.urlopen(sys.argv[1], timeout=10); print(r.status); print(r.read().decode())\n"
+    "except urllib.error.HTTPError as e:\n"
+    "    print(e.code)\n"
+)
+
+
+def fetch(host: Any, url: str) -> tuple[int | None, str]:
+    """(HTTP status, body) of a GET made on the host itself; (None, the reason) when nothing answered."""
+    result = host.run(f"python3 -c {shlex.quote(FETCH)} {shlex.quote(url)}")
+    if result.rc != 0:
+        return None, (result.stderr.strip().splitlines() or ["no output"])[-1][:300]
+    status, _, body = result.stdout.partition("\n")
+    return int(status), body
+
+
+def exporter_problems(host: Any, variables: Mapping[str, Any], gateway: bool) -> list[str]:
+    address = str(variables["monitoring_agent_listen_address"])
+    exporters = [("node exporter", int(variables["monitoring_agent_node_exporter_port"]))]
+    if gateway:
+        exporters.append(("the nginx exporter", int(variables["monitoring_agent_nginx_exporter_port"])))
+    listening = host.run("ss -Hltn").stdout
+    problems = []
+    for name, port in exporters:
+        problems += listen_problems(listening, name, address, port)
+        status, body = fetch(host, f"http://{bracketed(address)}:{port}/metrics")
+        if status != 200:
+            problems.append(f"{name} does not answer at {bracketed(address)}:{port}/metrics: {status or body}")
+    if gateway:
+        for path in ("/metrics", *[f"/{denied}" for denied in variables["nginx_denied_paths"][1:2]]):
+            status, body = fetch(host, f"http://127.0.0.1:{int(variables['nginx_port'])}{path}")
+            if status != 403:
+                problems.append(f"the gateway answers {path} with {status or body}, not 403")
+    return problems
+
+
+def prometheus_problems(host: Any, variables: Mapping[str, Any]) -> list[str]:
+    address, port = str(variables["monitoring_server_listen_address"]), int(variables["monitoring_server_port"])
+    problems = listen_problems(host.run("ss -Hltn").stdout, "Prometheus", address, port)
+    status, body = fetch(host, f"http://{bracketed(address)}:{port}/api/v1/targets?state=active")
+    if status != 200:
+        return [*problems, f"Prometheus does not answer at {bracketed(address)}:{port}: {status or body}"]
+    return problems + targets_down(body)

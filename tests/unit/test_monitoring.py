@@ -1,0 +1,296 @@
+"""Monitoring: the gateway's metrics script (the monitoring_agent role's textfile collector), the GPU path that no
+machine here can run (dcgm-exporter: proven on its rendered files), and what the scrape config takes from the
+inventory."""
+
+import importlib.util
+import json
+import ssl
+import subprocess
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import yaml
+
+from provision import paths, render
+from provision.inventory import load_inventory
+from provision.smoke import monitoring_checks
+
+GOLDEN = Path(__file__).parents[1] / "golden" / "render"
+SCRIPT = paths.ROLES / "monitoring_agent/files/provision_gateway_metrics.py"
+spec = importlib.util.spec_from_file_location("provision_gateway_metrics", SCRIPT)
+assert spec and spec.loader
+gateway = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(gateway)
+
+LINE = (
+    '127.0.0.1 - - [26/Nov/2026:09:00:00 +0000] "POST /v1/chat/completions HTTP/1.1" 200 12 '
+    "upstream={upstream} upstream_status={status} request_time=0.1 upstream_connect_time=0.0 "
+    "upstream_header_time=0.1 upstream_response_time=0.1"
+)
+
+
+@pytest.mark.parametrize(
+    ("status", "counted"),
+    [
+        ("200", {"200": 1}),
+        ("502, 200", {"502": 1, "200": 1}),  # the first replica failed, the next one answered
+        ("504 : 200", {"504": 1, "200": 1}),  # an internal redirect to another upstream group
+        ("-", {}),  # answered by nginx itself (a 403 for /metrics, a redirect)
+    ],
+)
+def test_upstream_answers_are_counted_by_status(status: str, counted: dict[str, int]) -> None:
+    assert gateway.count_statuses([LINE.format(upstream="127.0.0.1:8000", status=status)]) == Counter(counted)
+
+
+def test_new_lines_only_and_a_rotated_log_read_from_its_start(tmp_path: Path) -> None:
+    log, state = tmp_path / "access.log", {}
+    log.write_text("one\ntwo\nhalf")
+    assert gateway.read_new_lines(str(log), state) == ["one", "two"]
+    with log.open("a") as out:
+        out.write(" a line\nthree\n")
+    assert gateway.read_new_lines(str(log), state) == ["half a line", "three"]
+    assert gateway.read_new_lines(str(log), state) == []
+    log.unlink()
+    log.write_text("after rotation\n")
+    assert gateway.read_new_lines(str(log), state) == ["after rotation"]
+
+
+def test_certificates_come_from_nginx_T() -> None:
+    config = "server {\n    ssl_certificate /etc/nginx/tls/provision.crt;\n    ssl_certificate_key /k;\n}\n"
+    assert gateway.certificate_paths(config) == ["/etc/nginx/tls/provision.crt"]
+
+
+def test_a_certificate_expiry_is_read(tmp_path: Path) -> None:
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "10", "-subj", "/CN=gw1",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    not_after = gateway.not_after(str(cert))
+    decoded = ssl._ssl._test_decode_cert(str(cert))  # type: ignore[attr-defined]
+    assert not_after == ssl.cert_time_to_seconds(decoded["notAfter"])
+    assert gateway.not_after(str(tmp_path / "missing.pem")) is None
+
+
+def test_exposition_parses_as_prometheus_text(require_promtool: str) -> None:
+    text = gateway.exposition(Counter({"200": 5, "502": 1}), {"/etc/a.crt": 1.9e9, "/etc/unreadable.crt": None})
+    assert 'provision_nginx_upstream_responses_total{status="502"} 1' in text
+    assert 'provision_tls_certificate_not_after_seconds{path="/etc/a.crt"} 1900000000' in text
+    assert "unreadable" not in text
+    checked = subprocess.run([require_promtool, "check", "metrics"], input=text, capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_the_script_runs_as_the_timer_runs_it(tmp_path: Path) -> None:
+    log = tmp_path / "access.log"
+    log.write_text(LINE.format(upstream="127.0.0.1:8001", status="502, 200") + "\n")
+    argv = [str(log), str(tmp_path / "state.json"), str(tmp_path / "provision_gateway.prom")]
+    for _ in range(2):  # counters carry over from the state file; nothing is counted twice
+        assert subprocess.run(["python3", str(SCRIPT), *argv], check=False).returncode == 0
+    text = (tmp_path / "provision_gateway.prom").read_text()
+    assert 'provision_nginx_upstream_responses_total{status="200"} 1\n' in text
+    assert 'provision_nginx_upstream_responses_total{status="502"} 1\n' in text
+
+
+# ---- dcgm-exporter: not obtainable here, so its files are what is proven --------------------------------
+
+
+def test_dcgm_exporter_never_pulls_when_it_starts() -> None:
+    unit = (GOLDEN / "monitoring-gpu-host/expected/dcgm-exporter.service").read_text()
+    assert "--pull=never" in unit and "pull " not in unit.replace("--pull=never", "")
+    assert "-p 10.1.0.7:9400:9400" in unit  # the private address, never every address
+    tasks = yaml.safe_load((paths.ROLES / "monitoring_agent/tasks/dcgm.yml").read_text())
+    pulls = [t for t in tasks for inner in t.get("block", [t]) if "pull" in str(inner.get("ansible.builtin.command"))]
+    assert [t["when"] for t in pulls] == ["__monitoring_agent_dcgm_image.rc != 0"]  # only while the image is missing
+
+
+def test_dcgm_counters_count_xid_errors_over_a_window_and_export_what_the_rules_use() -> None:
+    fields = [line.split(",")[0] for line in (GOLDEN / "monitoring-gpu-host/expected/dcgm-counters.csv").read_text()
+              .splitlines() if line and not line.startswith("#")]  # fmt: skip
+    rules = (GOLDEN / "monitoring-fleet/expected/provision-alerts.yml").read_text()
+    used = {name for name in ("DCGM_EXP_XID_ERRORS_COUNT", "DCGM_FI_DEV_GPU_TEMP", "DCGM_FI_DEV_ROW_REMAP_FAILURE")}
+    assert all(name in rules for name in used) and used <= set(fields)
+    assert fields[-1] == "DCGM_FI_DEV_ECC_DBE_VOL_TOTAL"  # the case's extra counter
+
+
+# ---- the scrape config comes from the whole inventory ---------------------------------------------------
+
+
+def test_scrape_targets_cover_the_whole_inventory_and_name_each_host() -> None:
+    inventory = load_inventory(GOLDEN / "monitoring-fleet/inventory.yml")
+    (config,) = [f for f in render.render_host(inventory, "mon1") if f.name == "prometheus.yml"]
+    jobs = {job["job_name"]: job["static_configs"] for job in yaml.safe_load(config.text)["scrape_configs"]}
+    node = {c["labels"]["host"]: c["targets"] for c in jobs["node"]}
+    assert sorted(node) == sorted(inventory.hosts)
+    assert node["mon1"] == ["10.0.0.10:9100"]  # monitoring_address first
+    assert node["gpu1"] == ["203.0.113.12:9100"]  # then ansible_host
+    assert node["db1"] == ["db1:9100"]  # else the inventory name
+    assert [c["targets"] for c in jobs["inference"]] == [["10.0.0.11:8000"], ["10.0.0.11:8001"], ["203.0.113.12:9000"]]
+    assert [c["labels"]["host"] for c in jobs["dcgm"]] == ["gpu1"]
+
+
+def test_replicas_are_scraped_where_they_listen(tmp_path: Path) -> None:
+    """Loopback replicas on the Prometheus host itself at 127.0.0.1, privately bound ones at their address."""
+    (tmp_path / "hosts.yml").write_text(
+        yaml.safe_dump({"all": {"children": {
+            "monitoring": {"hosts": {"mon1": {"monitoring_address": "10.0.0.10"}}},
+            "inference": {"hosts": {"mon1": None, "gw1": {"inference_bind_address": "10.0.0.11"},
+                                    "any1": {"inference_bind_address": "0.0.0.0", "monitoring_address": "10.0.0.12"}}},
+        }}})
+    )  # fmt: skip
+    (config,) = [
+        f for f in render.render_host(load_inventory(tmp_path / "hosts.yml"), "mon1") if f.name == "prometheus.yml"
+    ]
+    (inference,) = [job for job in yaml.safe_load(config.text)["scrape_configs"] if job["job_name"] == "inference"]
+    targets = {c["labels"]["host"]: c["targets"] for c in inference["static_configs"]}
+    assert targets == {"mon1": ["127.0.0.1:8000"], "gw1": ["10.0.0.11:8000"], "any1": ["10.0.0.12:8000"]}
+
+
+def test_exporters_accept_the_host_itself_and_the_monitoring_hosts_only() -> None:
+    """systemd's per-unit filter in the exporters' drop-ins: it holds on a host without a firewall."""
+    inventory = load_inventory(GOLDEN / "monitoring-fleet/inventory.yml")
+    assert render.HostVars(inventory, "gw1")["__monitoring_agent_ip_access"] == [
+        "IPAddressDeny=any", "IPAddressAllow=localhost 10.0.0.11 10.0.0.10"
+    ]  # fmt: skip
+    assert (
+        render.HostVars(inventory, "db1")["__monitoring_agent_ip_access"][1]
+        == "IPAddressAllow=localhost 127.0.0.1 10.0.0.10"
+    )
+    assert render.HostVars(inventory, "mon1")["__monitoring_agent_ip_access"][1] == "IPAddressAllow=localhost 10.0.0.10"
+
+
+def test_a_host_firewall_opens_the_exporters_to_the_monitoring_hosts_only() -> None:
+    inventory = load_inventory(GOLDEN / "monitoring-fleet/inventory.yml")
+    gateway = render.HostVars(inventory, "gw1")
+    assert gateway["__firewall_source_rules"] == [
+        {"port": 9100, "proto": "tcp", "source": "10.0.0.10"}, {"port": 9113, "proto": "tcp", "source": "10.0.0.10"}
+    ]  # fmt: skip
+    rule = render.HostVars(inventory, "gw1", {"__firewall_port": gateway["__firewall_source_rules"][0]})
+    assert rule["__firewall_rule"] == "-s 10.0.0.10/32 -p tcp -m state --state NEW -m tcp --dport 9100 -j ACCEPT"
+    plain = render.HostVars(inventory, "gw1", {"__firewall_port": {"port": 443}})
+    assert plain["__firewall_rule"] == "-p tcp -m state --state NEW -m tcp --dport 443 -j ACCEPT"  # as it was
+    assert render.HostVars(inventory, "gpu1")["__firewall_source_rules"] == []  # exporters on loopback there
+
+
+# ---- provision test's checks ------------------------------------------------------------------------------
+
+SS = """LISTEN 0      4096       127.0.0.1:9100      0.0.0.0:*
+LISTEN 0      4096               *:9113            *:*
+LISTEN 0      511          0.0.0.0:80        0.0.0.0:*
+LISTEN 0      4096       [::1]:9090            [::]:*
+"""
+
+
+@pytest.mark.parametrize(
+    ("name", "address", "port", "problems"),
+    [
+        ("node exporter", "127.0.0.1", 9100, []),
+        ("the nginx exporter", "127.0.0.1", 9113,
+         ["the nginx exporter listens on *:9113, not only 127.0.0.1:9113 (exporters are never world-open)"]),
+        ("Prometheus", "::1", 9090, []),
+        ("dcgm-exporter", "10.0.0.5", 9400, ["dcgm-exporter listens nowhere on port 9400 (wanted 10.0.0.5:9400)"]),
+    ],
+)  # fmt: skip
+def test_listen_problems(name: str, address: str, port: int, problems: list[str]) -> None:
+    assert monitoring_checks.listen_problems(SS, name, address, port) == problems
+
+
+def test_targets_down_names_job_host_and_error() -> None:
+    answer = {"data": {"activeTargets": [
+        {"labels": {"job": "node", "host": "lab1"}, "scrapeUrl": "http://127.0.0.1:9100/metrics", "health": "up"},
+        {"labels": {"job": "inference", "host": "lab1"}, "scrapeUrl": "http://127.0.0.1:8001/metrics",
+         "health": "down", "lastError": "connection refused"},
+    ]}}  # fmt: skip
+    assert monitoring_checks.targets_down(json.dumps(answer)) == [
+        "inference target http://127.0.0.1:8001/metrics (host lab1) is down: connection refused"
+    ]
+
+
+# ---- the gateway refuses /metrics and the admin routes; stub_status on loopback (real nginx) ---------------
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_the_rendered_gateway_refuses_metrics_and_admin_routes_and_serves_stub_status(tmp_path: Path) -> None:
+    """nginx.conf as rendered, run by this machine's nginx in front of the demo server."""
+    import http.client
+    import shutil
+    import threading
+
+    from provision import demo_server
+    from provision.inventory import Inventory
+
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    assert Path(nginx).exists(), "nginx is not installed (Debian package nginx)"
+    server = demo_server.serve(demo_server.options(["--host", "127.0.0.1", "--port", "0", "--token-delay", "0"]))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port, status_port = _free_port(), _free_port()
+    hostvars = {"nginx_port": port, "nginx_stub_status_port": status_port, "inference_port": server.server_address[1],
+                "nginx_access_log": str(tmp_path / "access.log"), "nginx_include_conf_d": False}  # fmt: skip
+    inventory = Inventory(Path("hosts.yml"), ("gw1",), {"gw1": hostvars}, {"gateway": ("gw1",)})
+    (conf,) = [f.text for f in render.render_host(inventory, "gw1") if f.name == "nginx.conf"]
+    conf = conf.replace("pid /run/nginx.pid;", f"pid {tmp_path}/nginx.pid;")
+    conf = conf.replace("error_log /var/log/nginx/error.log;", f"error_log {tmp_path}/error.log;")
+    conf = conf.replace("include /etc/nginx/modules-enabled/*.conf;", "")  # this machine's modules, if any
+    (tmp_path / "nginx.conf").write_text(conf)
+    nginx_argv = [nginx, "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf"), "-e", str(tmp_path / "error.log")]
+    started = subprocess.run(nginx_argv, capture_output=True, text=True, check=False)
+    assert started.returncode == 0, started.stderr
+    try:
+
+        def get(path: str, at: int = port) -> int:
+            conn = http.client.HTTPConnection("127.0.0.1", at, timeout=10)
+            conn.request("GET", path)
+            status = conn.getresponse().status
+            conn.close()
+            return status
+
+        for path in (
+            "/metrics",
+            "/metrics/",
+            "/sleep",
+            "/wake_up?tags=weights",
+            "/collective_rpc",
+            "/reset_prefix_cache",
+        ):
+            assert get(path) == 403, path
+        assert get("/v1/models") == 200 and get("/metricsx") == 404  # only the routes themselves, passed on otherwise
+        assert get("/stub_status", status_port) == 200
+        assert get("/metrics", server.server_address[1]) == 200  # the replica itself still answers Prometheus
+    finally:
+        subprocess.run([*nginx_argv, "-s", "stop"], check=False)
+        server.shutdown()
+        server.server_close()
+
+
+def test_fetch_runs_through_a_shell_as_testinfra_runs_it() -> None:
+    """The GET helper of `provision test`'s checks, through a real shell (quoting, newlines in the program)."""
+    import threading
+    from types import SimpleNamespace
+
+    from provision import demo_server
+
+    class Shell:
+        def run(self, command: str) -> SimpleNamespace:
+            done = subprocess.run(command, shell=True, capture_output=True, text=True, check=False)
+            return SimpleNamespace(rc=done.returncode, stdout=done.stdout, stderr=done.stderr)
+
+    server = demo_server.serve(demo_server.options(["--host", "127.0.0.1", "--port", "0"]))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        status, body = monitoring_checks.fetch(Shell(), f"{base}/health?a=1&b=2")
+        assert (status, json.loads(body)) == (200, {"status": "ok"})
+        assert monitoring_checks.fetch(Shell(), f"{base}/nope")[0] == 404
+        assert monitoring_checks.fetch(Shell(), "http://127.0.0.1:1/")[0] is None  # nothing answers there
+    finally:
+        server.shutdown()
+        server.server_close()
