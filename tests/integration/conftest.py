@@ -146,16 +146,21 @@ def docker_host(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> str:
     running = yaml.safe_load(hosts_file.read_text())["all"]["children"]["lab"]["hosts"]
     if DOCKER_HOST in running:
         return DOCKER_HOST
-    started = tmp_path_factory.mktemp("docker") / "lab-hosts.yml"
     with phase("docker-flavor VM up (flavor built first on a cold cache)"):
-        lab.provision(
-            "lab", "up", "--name", DOCKER_HOST, "--flavor", "docker", "--base-port", str(BASE_PORT),
-            "--inventory-out", str(started), check=True,
-        )  # fmt: skip
-    hostvars = yaml.safe_load(started.read_text())["all"]["children"]["lab"]["hosts"][DOCKER_HOST]
+        hostvars = start_named(lab, tmp_path_factory, DOCKER_HOST, "docker")
     assert hostvars["lab_flavor"] == "docker", f"{DOCKER_HOST} was already running, as {hostvars['lab_flavor']}"
     add_host(hosts_file, DOCKER_HOST, hostvars)
     return DOCKER_HOST
+
+
+def start_named(lab: Lab, tmp_path_factory: pytest.TempPathFactory, name: str, flavor: str) -> dict:
+    """Start the lab VM `name` of `flavor` (`lab up --name`; one already running is kept): its inventory variables."""
+    started = tmp_path_factory.mktemp(name) / "lab-hosts.yml"
+    lab.provision(
+        "lab", "up", "--name", name, "--flavor", flavor, "--base-port", str(BASE_PORT),
+        "--inventory-out", str(started), check=True,
+    )  # fmt: skip
+    return dict(yaml.safe_load(started.read_text())["all"]["children"]["lab"]["hosts"][name])
 
 
 def add_host(hosts_file: Path, name: str, hostvars: dict) -> None:
@@ -187,13 +192,8 @@ MONITORING_SETTINGS = {
 @pytest.fixture(scope="session")
 def watched_host(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """WATCHED started: its inventory variables."""
-    started = tmp_path_factory.mktemp("watched") / "lab-hosts.yml"
     with phase("watched VM up (a plain one, for the monitoring host to scrape)"):
-        lab.provision(
-            "lab", "up", "--name", WATCHED, "--flavor", "plain", "--base-port", str(BASE_PORT),
-            "--inventory-out", str(started), check=True,
-        )  # fmt: skip
-    return dict(yaml.safe_load(started.read_text())["all"]["children"]["lab"]["hosts"][WATCHED])
+        return start_named(lab, tmp_path_factory, WATCHED, "plain")
 
 
 @pytest.fixture(scope="session")
