@@ -13,6 +13,8 @@ from setuptools import setup
 from setuptools.command.build_py import build_py
 
 DATA = ("playbooks", "templates", "inventories")
+# The Ansible project's settings, at its root as AWX and ansible-playbook look for it (paths.ANSIBLE_CFG).
+FILES = ("ansible.cfg",)
 # Never shipped: what a lab writes into the checkout (also in .gitignore), and Python's caches.
 LEFT_OUT = shutil.ignore_patterns("__pycache__", "*.pyc", "*.retry")
 LAB_FILES = ("inventories/lab/hosts.yml", "inventories/lab/group_vars/inference.yml")
@@ -28,6 +30,8 @@ class BuildWithAnsibleProject(build_py):
         for name in DATA:
             shutil.rmtree(data / name, ignore_errors=True)
             shutil.copytree(root / name, data / name, ignore=LEFT_OUT)
+        for name in FILES:
+            shutil.copy2(root / name, data / name)
         for generated in LAB_FILES:
             (data / generated).unlink(missing_ok=True)
 

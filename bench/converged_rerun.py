@@ -76,7 +76,7 @@ def timed(argv: list[str], env: dict[str, str], converged: bool = True) -> tuple
 def stock_setup(tmp: Path, env: dict[str, str]) -> tuple[Path, dict[str, str]]:
     """The same playbooks without our ansible.cfg and minimal fact subset: Ansible's defaults throughout."""
     playbooks = tmp / "stock-playbooks"
-    shutil.copytree(ROOT / "playbooks", playbooks, ignore=shutil.ignore_patterns("ansible.cfg"), dirs_exist_ok=True)
+    shutil.copytree(ROOT / "playbooks", playbooks, dirs_exist_ok=True)
     # Roles find the shared templates beside the playbooks directory (playbooks/../templates).
     shutil.copytree(ROOT / "templates", tmp / "templates", dirs_exist_ok=True)
     for play in playbooks.glob("*.yml"):

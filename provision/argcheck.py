@@ -187,7 +187,7 @@ def role_uses(playbook: Path, tags: frozenset[str] = frozenset()) -> list[RoleUs
         play_vars: dict[str, Any] = entry["vars"] if isinstance(entry.get("vars"), dict) else {}
         for item in entry.get("roles") or []:
             role = item if isinstance(item, dict) else {"role": item}
-            name = str(role.get("role") or role.get("name") or "")
+            name = role_entry_name(item)
             params = {key: value for key, value in role.items() if key not in _ROLE_KEYWORDS}
             role_tags = entry_tags | _tags(role.get("tags"))
             uses.append(RoleUse(playbook.parent / "roles" / name, pattern, "main", role_tags, play_vars, params))
@@ -197,6 +197,11 @@ def role_uses(playbook: Path, tags: frozenset[str] = frozenset()) -> list[RoleUs
     # A role that another role includes (live_config, from nginx) runs on that role's hosts.
     uses = [inner for use in uses for inner in (use, *_uses_inside(use, frozenset({use.role.name})))]
     return [use for use in uses if use.role.is_dir()]  # a collection's role is not ours to check
+
+
+def role_entry_name(item: Any) -> str:
+    """The role a play's `roles:` entry names: `- nginx`, `- role: nginx` or `- name: nginx`."""
+    return str(item.get("role") or item.get("name") or "") if isinstance(item, dict) else str(item)
 
 
 def _included_roles(tasks: object, tags: frozenset[str]) -> Iterator[tuple[str, str, frozenset[str]]]:

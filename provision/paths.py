@@ -1,12 +1,15 @@
-"""Where the project's data lives: the playbooks, templates and example inventories.
+"""Where the project's data lives: ansible.cfg, the playbooks, templates and example inventories.
 
 PROVISION_HOME, when set, names it (a checkout, a test tree). Otherwise an installed wheel (pip install, pipx)
 carries them inside the package, in provision/_data/ (setup.py copies them there), and an editable install
 (scripts/setup.sh) uses the repository checkout the package directory sits in.
 """
 
+import importlib.util
 import os
+import sys
 from pathlib import Path
+from types import ModuleType
 
 from provision.errors import UsageError
 
@@ -29,9 +32,30 @@ INSTALLED = ROOT == PACKAGE / "_data"
 PLAYBOOKS = ROOT / "playbooks"
 TEMPLATES = ROOT / "templates"
 INVENTORIES = ROOT / "inventories"
-ANSIBLE_CFG = PLAYBOOKS / "ansible.cfg"
+ANSIBLE_CFG = ROOT / "ansible.cfg"
 SITE_PLAYBOOK = PLAYBOOKS / "site.yml"
 ROLES = PLAYBOOKS / "roles"
+
+
+def playbook_module(relative: str) -> ModuleType:
+    """A Python file of the Ansible project (relative to playbooks/), loaded once as a module.
+
+    Logic that both the playbooks and provision need lives in the playbooks tree, which runs without this package
+    (AWX, ansible-runner); provision loads that same file rather than keeping a copy.
+    """
+    name = "provision._playbooks." + relative.removesuffix(".py").replace("/", ".")
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, PLAYBOOKS / relative)
+    assert spec is not None and spec.loader is not None, relative
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up while the file runs
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return module
 
 
 def example(path: Path) -> Path:

@@ -3,7 +3,8 @@ outcome out (PlayOutcome).
 
 The library's entry point for a run; the CLI is one caller of it. It checks the request before anything is
 contacted (inventory, --limit, tags, role variables), holds the host locks of a run that may change hosts, hands
-a line per task and host to `progress`, and decides the outcome in one place: the exit code, the failed and
+its lines to `progress` (per host, or per task on a fleet: provision.events) and where it stands to `status`, and
+decides the outcome in one place: the exit code, the failed and
 unreachable hosts, and a one-line message. It never imports Click.
 """
 
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from provision import paths
 from provision.errors import ExitCode, UsageError
-from provision.events import Line
+from provision.events import Line, Status
 from provision.runner import STOP_SIGNALS, HostStats, RunRequest, RunResult, TaskEvent
 
 if TYPE_CHECKING:
@@ -31,6 +32,9 @@ class PlayOutcome:
     stats: Mapping[str, HostStats]  # per host, in the order of ansible-playbook's recap
     artifacts_dir: Path | None = None  # the kept private data dir, when keep_artifacts was asked for
     signal: int | None = None  # the signal (SIGINT, SIGTERM, SIGHUP) that stopped the run, if one came
+    # How the run was shown, so the recap matches: "host" (a line per task and host, or ansible-playbook's own
+    # output with -v) or "task" (a line per task; provision.events.output_mode).
+    output: str = "host"
 
 
 def run(
@@ -39,35 +43,42 @@ def run(
     note: Callable[[str], None] = lambda text: None,
     on_event: Callable[[TaskEvent], None] = lambda event: None,
     lock_hosts: bool = True,
+    output: str = "auto",
+    status: Callable[[Status], None] = lambda status: None,
+    checked: "Inventory | None" = None,
 ) -> PlayOutcome:
-    """Run the request's playbook; `progress` gets a line per task and host (ansible-playbook's own output when
-    the request's verbosity is above 0), `note` lines about the run itself (a wait for a host lock, the
-    strategy), `on_event` every event (for callers that collect results).
+    """Run the request's playbook; `progress` gets its lines: per `output` ("host": a line per task and host;
+    "task": a line per task with counts; "auto": per task above events.TASK_OUTPUT_HOSTS targeted hosts), or
+    ansible-playbook's own output when the request's verbosity is above 0. `note` gets lines about the run itself
+    (a wait for a host lock, the strategy), `on_event` every event (for callers that collect results), `status`
+    where the run stands after each event (for a live status line).
 
     With `lock_hosts` (and not a check run), the run first waits until no other run from this controller that
-    may change them holds its hosts (provision.hostlock).
+    may change them holds its hosts (provision.hostlock). `checked` is the inventory of a caller that has run
+    `check` already (provision.batches, once for all its runs): its runs skip the checks and the loading.
     """
-    from provision import argcheck, events, hostlock, inventory, runner
+    from provision import events, hostlock, inventory, runner
 
-    playbook = (request.project_dir or paths.PLAYBOOKS) / request.playbook
-    if request.tags or request.skip_tags:  # the tags of the playbook's whole project (ours: SITE_PLAYBOOK's)
-        known = inventory.known_tags(playbook if request.project_dir else paths.SITE_PLAYBOOK)
-        inventory.check_tags(request.tags, request.skip_tags, known)
-    inv, hosts = limited_inventory(request.inventory, request.limit)
-    argcheck.preflight(inv, playbook, limit=request.limit, skip_tags=request.skip_tags, extravars=request.extravars)
+    if checked is None:
+        inv, hosts = check(request)
+    else:
+        inv, hosts = checked, (checked.select(request.limit) if request.limit else checked.hosts)
     named = inventory.controller_env_names(inv, dict(request.extravars))
     request = replace(
         request, inventory=inv.path, controller_env=tuple(dict.fromkeys((*request.controller_env, *named)))
     )
-    host_width = max(len(h) for h in inv.hosts)
+    mode = "host" if request.verbosity else events.output_mode(output, len(hosts))
+    tracker = events.Progress(per_task=mode == "task", host_width=max(len(h) for h in inv.hosts))
 
     def show(event: TaskEvent) -> None:
         on_event(event)
-        if request.verbosity and event.stdout:
-            progress(Line("output", event.stdout))
+        lines = tracker.feed(event)
+        status(tracker.status())
+        if request.verbosity:
+            if event.stdout:
+                progress(Line("output", event.stdout))
             return
-        line = events.event_line(event, host_width)
-        if line is not None:
+        for line in lines:
             progress(line)
 
     locks = {}
@@ -75,7 +86,23 @@ def run(
         locks = {host: hostlock.address(host, inv.hostvars.get(host, {})) for host in hosts}
     with hostlock.hold(locks, note=note):
         result = runner.run(request, on_event=show, note=note)
-    return outcome(result)
+    for line in tracker.end():  # a run stopped mid-task: what its hosts did so far
+        progress(line)
+    return replace(outcome(result), output=mode)
+
+
+def check(request: RunRequest) -> tuple["Inventory", tuple[str, ...]]:
+    """What a run checks before anything is contacted (tags, --limit, role variables): the inventory and the
+    hosts the request selects, or a UsageError."""
+    from provision import argcheck, inventory
+
+    playbook = (request.project_dir or paths.PLAYBOOKS) / request.playbook
+    if request.tags or request.skip_tags:  # the tags of the playbook's whole project (ours: SITE_PLAYBOOK's)
+        known = inventory.known_tags(playbook if request.project_dir else paths.SITE_PLAYBOOK)
+        inventory.check_tags(request.tags, request.skip_tags, known)
+    inv, hosts = limited_inventory(request.inventory, request.limit)
+    argcheck.preflight(inv, playbook, limit=request.limit, skip_tags=request.skip_tags, extravars=request.extravars)
+    return inv, hosts
 
 
 def limited_inventory(path: Path, limit: str | None) -> tuple["Inventory", tuple[str, ...]]:

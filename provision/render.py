@@ -2,7 +2,9 @@
 
 Variables for a host are every role's defaults (lowest precedence), then the host's variables from the inventory
 (which already merge group_vars and host_vars), then the roles' internal vars, then Ansible's magic variables
-(inventory_hostname, groups, hostvars, playbook_dir) and what a task sets (each replica's unit name and port).
+(inventory_hostname, groups, hostvars, playbook_dir), what the play hands the role (the facts its pre_tasks'
+entry points publish, then the role's `vars:` there, such as the inference endpoints nginx and Prometheus get) and
+what a task sets (each replica's unit name and port).
 Ansible's Templar templates them lazily and renders the file with the template module's settings, filters and
 lookups. Like the roles, it renders the inference units only for hosts of the group serving.yml runs the
 inference role on, nginx.conf only for the gateway group's hosts, and the OpenVPN client config (egress.yml) only
@@ -18,6 +20,8 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from provision import argcheck, paths
 from provision.errors import UsageError
@@ -125,8 +129,9 @@ def render_host(inventory: Inventory, host: str, out_dir: Path | None = None) ->
     for item in RENDERABLE:
         if host not in inventory.select(groups[item.role]):
             continue
-        for name, overrides in item.instances(variables):
-            instance = HostVars(inventory, host, overrides)
+        handed = handed_over(inventory, host, paths.PLAYBOOKS / item.playbook, item.role)
+        for name, overrides in item.instances(HostVars(inventory, host, handed) if handed else variables):
+            instance = HostVars(inventory, host, {**handed, **overrides})
             source = Path(instance[item.source_var])
             text = instance.render_file(source, str(instance[item.template_var]))
             rendered.append(RenderedFile(name=name, text=text, template=source))
@@ -160,12 +165,55 @@ def render_groups() -> dict[str, str]:
     groups = {}
     for name in sorted({item.playbook for item in RENDERABLE}):
         playbook = paths.PLAYBOOKS / name
-        found = {use.role.name: use.hosts for use in argcheck.role_uses(playbook)}
+        # The main entry point's play: another play may include one of the role's entry points (nginx's ports
+        # in firewall.yml, the inference endpoints for nginx and Prometheus) on other hosts.
+        uses = argcheck.role_uses(playbook)
+        found = {use.role.name: use.hosts for use in uses if use.entry_point == "main"}
         missing = sorted({item.role for item in RENDERABLE if item.playbook == name} - set(found))
         if missing:
             raise UsageError(f"{paths.display(playbook)}: no play runs the role(s) {', '.join(missing)}")
         groups.update({item.role: found[item.role] for item in RENDERABLE if item.playbook == name})
     return {item.role: groups[item.role] for item in RENDERABLE}
+
+
+_INCLUDE_ROLE = ("include_role", "ansible.builtin.include_role")
+_SET_FACT = ("set_fact", "ansible.builtin.set_fact")
+
+
+def handed_over(inventory: Inventory, host: str, playbook: Path, role: str) -> dict[str, Any]:
+    """What the play of `playbook` that runs `role` hands it on `host`, as a run does: the facts that its pre_tasks'
+    include_role entry points publish (set_fact tasks, which change nothing; with the include's vars), then the
+    `vars:` of the role's entry, which refer to those facts. Empty where the play hands over nothing."""
+    play = next(
+        (
+            entry
+            for entry in yaml.safe_load(playbook.read_text(encoding="utf-8")) or []
+            if isinstance(entry, dict)
+            and any(argcheck.role_entry_name(item) == role for item in entry.get("roles") or [])
+        ),
+        None,
+    )
+    if play is None:
+        return {}
+    facts: dict[str, Any] = {}
+    for task in play.get("pre_tasks") or []:
+        include = next((task[key] for key in _INCLUDE_ROLE if key in task), None)
+        if not isinstance(include, dict):
+            continue
+        tasks_from = str(include.get("tasks_from") or "main").removesuffix(".yml")
+        tasks_file = paths.ROLES / str(include["name"]) / "tasks" / f"{tasks_from}.yml"
+        for inner in yaml.safe_load(tasks_file.read_text(encoding="utf-8")) or []:
+            published = next((inner[key] for key in _SET_FACT if key in inner), None)
+            if not isinstance(published, dict):
+                raise UsageError(
+                    f"{paths.display(playbook)}: render follows entry points that only set facts, and "
+                    f"{paths.display(tasks_file)} does more; make it publish facts only"
+                )
+            scope = HostVars(inventory, host, {**facts, **(task.get("vars") or {})})
+            facts.update({name: scope.template(value, f"fact {name}") for name, value in published.items()})
+    entry = next(item for item in play["roles"] if argcheck.role_entry_name(item) == role)
+    handed = entry.get("vars") if isinstance(entry, dict) else None
+    return {**facts, **(handed or {})}
 
 
 def role_defaults() -> dict[str, Any]:

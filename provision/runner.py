@@ -300,7 +300,7 @@ def run(
     env = envvars(request, note)
     fact_cache = _private_fact_cache(env)
     # The signal handlers go in before the private dir exists and come out after it is gone.
-    with _stop_signals() as stop, _umask(0o077):  # what ansible-playbook writes here (facts) is ours alone
+    with stop_signals() as stop, _umask(0o077):  # what ansible-playbook writes here (facts) is ours alone
         private_data_dir = Path(tempfile.mkdtemp(prefix="provision-"))  # mode 0700, in the system temp dir
         try:
             runner = ansible_runner.interface.init_runner(
@@ -343,18 +343,18 @@ def run(
     )
 
 
-class _Stop:
+class Stop:
     signum: int | None = None  # the first stop signal that came
 
 
 @contextlib.contextmanager
-def _stop_signals() -> Iterator[_Stop]:
+def stop_signals() -> Iterator[Stop]:
     """Ctrl-C, SIGTERM (a CI timeout) and SIGHUP (a closed terminal) only set a flag while this lasts.
 
     ansible-runner polls the flag (cancel_callback), then stops ansible-playbook and reports "canceled".
     Only the main thread may handle signals; elsewhere they stay the caller's business.
     """
-    stop = _Stop()
+    stop = Stop()
 
     def handle(signum: int, frame: FrameType | None) -> None:
         stop.signum = stop.signum or signum

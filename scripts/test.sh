@@ -7,12 +7,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export PATH="$PWD/.venv/bin:$PATH"
-echo "== lint"
-bash scripts/lint.sh
-echo "== tests"
 # Each provision call of the integration tests, timed (the slowest are listed at the end).
 export PROVISION_TEST_TIMINGS="${PROVISION_TEST_TIMINGS:-$(mktemp -t provision-timings.XXXXXX)}"
 if [ $# -gt 0 ] || [ "${PROVISION_TEST_LANES:-2}" != 2 ]; then
+    echo "== lint"
+    bash scripts/lint.sh
+    echo "== tests"
     exec pytest -ra --durations=20 "$@"
 fi
 
@@ -23,7 +23,8 @@ fi
 # name (tests/integration/labtools.py), so the lanes never race for one. The session lab is started here, while
 # the unit tests run, and stopped after both lanes.
 LANE_B=(tests/integration/test_4_security.py tests/integration/test_5_serving.py tests/integration/test_5a_monitoring.py
-        tests/integration/test_5b_nvidia_toolkit.py tests/integration/test_6b_nvidia_driver.py)
+        tests/integration/test_5b_nvidia_toolkit.py
+        tests/integration/test_6b_nvidia_driver.py)
 started=$(date +%s)
 shared=$(mktemp -d -t provision-suite.XXXXXX)
 export PROVISION_TEST_SHARED_LAB="$shared"
@@ -37,12 +38,33 @@ stop_lab() {
         return 1
     fi
 }
-trap 'stop_lab; rm -rf "$shared"' EXIT
+prepare_pid=""
+lint_pid=""
+# A flavor being prepared is finished first (its template VM stops with it), then the lab stops.
+trap '[ -z "$lint_pid" ] || wait "$lint_pid"; [ -z "$prepare_pid" ] || wait "$prepare_pid"; stop_lab; rm -rf "$shared"' EXIT
 
 lab up --hosts 2 --base-port 2311 --inventory-out "$shared/inventory/hosts.yml" >"$shared/lab-up.log" 2>&1 &
 lab_pid=$!
+# Lane B's flavors (images and saved VMs) and the demo server's image, made meanwhile too (on a cold cache; a warm
+# one has them): the unit tests leave about half the CPU idle, which the lanes would not (a template's boot under
+# the lanes' load took 4-6 min in s30, 2 min here). What is not made when the lanes start, a module waits for (each
+# image and template has a build lock) rather than making it again. The selinux and nvidia flavors, needed later,
+# are built behind the lanes (tests/integration/conftest.py): made here too, the SELinux template's boot ran into
+# the lanes' start and took more than 5 minutes (s31).
+( lab prepare --flavor oci --flavor docker && lab demo-image ) >"$shared/prepare.log" 2>&1 &
+prepare_pid=$!
+# The linters beside the unit tests too (a minute or two of CPU the unit tests leave idle); their output after them.
+bash scripts/lint.sh >"$shared/lint.log" 2>&1 &
+lint_pid=$!
+echo "== tests"
 rc=0
 pytest -ra --durations=10 -p no:cacheprovider tests/unit tests/meta tests/golden || rc=$?
+lint_rc=0
+wait "$lint_pid" || lint_rc=$?
+lint_pid=""
+echo "== lint"
+cat "$shared/lint.log"
+[ "$lint_rc" -eq 0 ] || { echo "lint failed" >&2; rc=1; }
 lab_started=$(date +%s)
 if ! wait "$lab_pid"; then
     cat "$shared/lab-up.log" >&2
@@ -60,6 +82,11 @@ rc_b=0
 wait "$lane_b" || rc_b=$?
 echo "== lane B: ${LANE_B[*]}"
 cat "$shared/lane-b.log"
+if ! wait "$prepare_pid"; then  # a module that needed what it did not make made it itself, or failed saying why
+    echo "== preparing the lab's flavors failed:"
+    cat "$shared/prepare.log"
+fi
+prepare_pid=""
 stop_lab || rc=1
-echo "== suite: $(($(date +%s) - started)) s from the unit tests to the lab's end; exit codes: unit $rc, lane A $rc_a, lane B $rc_b"
+echo "== suite: $(($(date +%s) - started)) s from the unit tests to the lab's end; exit codes: unit and lint $rc, lane A $rc_a, lane B $rc_b"
 [ "$rc" -eq 0 ] && [ "$rc_a" -eq 0 ] && [ "$rc_b" -eq 0 ]

@@ -75,8 +75,9 @@ class Lab:
         return self.provision("lab", "ssh", host, "--", command, stdin=stdin)
 
     def pause(self, *hosts: str) -> None:
-        """Stop the VMs' CPUs.  An idle TCG VM costs a quarter of a host core (measured: 23-26%; with Docker
-        and two replicas, 50-65%); a module that does not use a host lets the others have that CPU."""
+        """Stop the VMs' CPUs.  An idle TCG VM costs host CPU (a plain one 7-8% of a core on qemu 10, 23-26% on
+        qemu 7.2 with two vCPUs; with Docker and two replicas, 50-65% on 7.2); a module that does not use a host
+        lets the others have that CPU."""
         for host in hosts:
             with qmp(self.state / "hosts" / host / "qmp.sock", timeout=10.0) as monitor:
                 monitor.call("stop")

@@ -1,7 +1,7 @@
 """Filters of the openvpn_client role: which routes go through the tunnel, and which destinations are refused.
 
 Pure functions (the standard library's ipaddress, no netaddr), used by the role and by `provision render`
-(playbooks/ansible.cfg names this directory). Destinations are CIDRs or host names; names are resolved by the
+(the root's ansible.cfg names this directory). Destinations are CIDRs or host names; names are resolved by the
 caller (on the host, with getent) or by openvpn_client_resolve here, on the controller.
 """
 

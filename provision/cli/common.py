@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from provision.errors import UsageError
+from provision.events import OUTPUTS, TASK_OUTPUT_HOSTS
 
 if TYPE_CHECKING:
     from provision.events import Line
@@ -27,6 +28,18 @@ STATUS_COLORS = {
     "waiting": "blue",
     "play": "bright_white",
 }
+
+output_option = click.option(
+    "--output",
+    type=click.Choice(OUTPUTS),
+    default="auto",
+    show_default=True,
+    envvar="PROVISION_OUTPUT",
+    help="host: a line per task and host. task: a line per task, with how many hosts were ok, changed, failed, "
+    "skipped and unreachable, the changed and failed hosts named and each failure in full; the recap counts "
+    f"hosts and names the failed ones. auto: task above {TASK_OUTPUT_HOSTS} hosts, host up to that. Also "
+    "PROVISION_OUTPUT.",
+)
 
 strategy_option = click.option(
     "--strategy",
@@ -74,7 +87,8 @@ def show(line: "Line") -> None:
 
 
 def finish(outcome: "PlayOutcome") -> None:
-    """After a run: the per-host recap, where the artifacts were kept, and the verdict when it did not pass."""
+    """After a run: the recap (a line per host; per task output: hosts counted, the failed named), where the
+    artifacts were kept, and the verdict when it did not pass."""
     import signal
 
     from provision import events
@@ -83,7 +97,8 @@ def finish(outcome: "PlayOutcome") -> None:
         _drop_output_to_a_hung_up_terminal()
     if outcome.stats:
         click.echo()
-        for text in events.recap(outcome.stats):
+        recap = events.fleet_recap if outcome.output == "task" else events.recap
+        for text in recap(outcome.stats):
             click.echo(text)
     if outcome.artifacts_dir is not None:
         click.echo(f"artifacts kept in {outcome.artifacts_dir}")

@@ -8,9 +8,8 @@ from provision.cli.common import (
     extra_vars_option,
     finish,
     inventory_option,
-    note,
+    output_option,
     parse_extra_vars,
-    show,
     strategy_option,
 )
 from provision.errors import ExitCode
@@ -25,8 +24,35 @@ from provision.errors import ExitCode
 @click.option("--diff", is_flag=True, help="Show the changes made to files.")
 @extra_vars_option
 @click.option("--keep-artifacts", is_flag=True, help="Keep ansible-runner's private data dir; print its path.")
-@click.option("-v", "--verbose", count=True, help="Show ansible-playbook's own output (-vv, -vvv: more).")
+@click.option(
+    "-v", "--verbose", count=True, help="Show ansible-playbook's own output (-vv, -vvv: more), whatever --output says."
+)
+@output_option
 @strategy_option
+@click.option(
+    "--batch",
+    "batch_sizes",
+    multiple=True,
+    metavar="N|N%",
+    help="Roll out in batches: the whole run on N hosts (or N% of the selected ones, at least 1) at a time, each "
+    "drained from the gateways first and rejoined after its health gate (repeatable: 1, then 25%, ...; the last "
+    "size repeats, as Ansible's serial). Also provision_batches in the inventory (group_vars/all).",
+)
+@click.option(
+    "--max-fail-percentage",
+    type=click.IntRange(0, 100),
+    metavar="N",
+    help="With batches: a batch fails, and stops the run, when its failed hosts are MORE than N% of it (Ansible's "
+    "rule: exactly N% passes). Default 0: any failure stops. Also provision_max_fail_percentage in the inventory.",
+)
+@click.option(
+    "--drain-timeout",
+    type=click.IntRange(0),
+    metavar="SECONDS",
+    default=60,
+    show_default=True,
+    help="With batches: seconds the streams in flight to a drained host get before its replicas restart.",
+)
 def up(
     inventory_path: Path,
     limit: str | None,
@@ -37,10 +63,15 @@ def up(
     extra_vars: tuple[str, ...],
     keep_artifacts: bool,
     verbose: int,
+    output: str,
     strategy: str,
+    batch_sizes: tuple[str, ...],
+    max_fail_percentage: int | None,
+    drain_timeout: int,
 ) -> ExitCode:
     """Provision the hosts in an inventory (runs playbooks/site.yml)."""
-    from provision import inventory, play, runner
+    from provision import batches, inventory, play, runner
+    from provision.cli.statusline import StatusLine
 
     request = runner.RunRequest(
         inventory=inventory_path,
@@ -55,6 +86,17 @@ def up(
         verbosity=verbose,
         strategy=strategy,
     )
-    outcome = play.run(request, progress=show, note=note, lock_hosts=True)
+    checked = play.check(request)
+    rolling = batches.settings(*checked, batch_sizes, max_fail_percentage, drain_timeout)
+    with StatusLine() as shown:
+        if rolling is None:
+            outcome = play.run(
+                request, progress=shown.show, note=shown.note, status=shown.status, lock_hosts=True, output=output,
+                checked=checked[0],
+            )  # fmt: skip
+        else:
+            outcome = batches.run(
+                request, rolling, checked, progress=shown.show, note=shown.note, output=output, status=shown.status
+            )
     finish(outcome)
     return outcome.code

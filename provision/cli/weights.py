@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from provision import paths
-from provision.cli.common import finish, inventory_option, log, note, show, strategy_option
+from provision.cli.common import finish, inventory_option, log, output_option, strategy_option
 from provision.errors import ExitCode, UsageError
 
 
@@ -66,12 +66,18 @@ def _read_token(path: Path) -> str:
 @inventory_option
 @click.option("--limit", help="Only these hosts or groups (Ansible pattern).")
 @click.option("--deep", is_flag=True, help="Re-hash every file instead of trusting its verification record.")
+@output_option
 @strategy_option
-def weights_verify(inventory_path: Path, limit: str | None, deep: bool, strategy: str) -> ExitCode:
+def weights_verify(inventory_path: Path, limit: str | None, deep: bool, output: str, strategy: str) -> ExitCode:
     """Report per host whether each model's files are OK, missing or corrupt (changes nothing)."""
+    from provision.cli.statusline import StatusLine
     from provision.weights import verify
 
-    found = verify.verify(inventory_path, limit, deep, strategy, progress=show, note=note)
+    with StatusLine() as shown:
+        found = verify.verify(
+            inventory_path, limit, deep, strategy, progress=shown.show, note=shown.note, status=shown.status,
+            output=output,
+        )  # fmt: skip
     finish(found.outcome)
     if found.reports:
         click.echo()

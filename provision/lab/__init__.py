@@ -19,7 +19,7 @@ Where things are:
   aptcache.py   the package cache the lab's hosts use as their mirror
 """
 
-from provision.lab.hosts import DEFAULT_BASE_PORT, down, restart, ssh_argv, ssh_options, status, up
+from provision.lab.hosts import DEFAULT_BASE_PORT, down, prepare, restart, ssh_argv, ssh_options, status, up
 from provision.lab.inventory import INVENTORY_HEADER
 from provision.lab.state import LabDirs, LabHost, LabHostStatus, Log, dirs
 
@@ -32,6 +32,7 @@ __all__ = [
     "Log",
     "dirs",
     "down",
+    "prepare",
     "restart",
     "ssh_argv",
     "ssh_options",

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
 import socket
 import subprocess
 import tarfile
 import tempfile
 import time
+import uuid
 from dataclasses import asdict
 from pathlib import Path
 
@@ -30,6 +32,7 @@ from provision.lab.qemu import (
     require_tool,
 )
 from provision.lab.state import (
+    LAB_SSH_KEX,
     PRIVATE_PREFIXLEN,
     SEGMENT_GROUP,
     LabDirs,
@@ -67,20 +70,13 @@ def up(
     """
     if hosts < 1:
         raise UsageError("--hosts must be at least 1")
-    if flavor not in FLAVORS:
-        raise UsageError(f"--flavor: unknown flavor {flavor!r} (known: {', '.join(FLAVORS)})")
-    require_tool(QEMU, "qemu-system-x86")
+    spec, template = prepare(log, flavor)
     d = dirs()
     d.hosts.mkdir(parents=True, exist_ok=True)
     d.state.chmod(0o700)
     _ensure_key(d)
     if not d.segment.exists():
         d.segment.write_text(f"{base_port}\n")
-    image = ensure_base_image(d.cache, log, flavor)
-    accel = _accel(d, image, log)
-    append = " ".join(filter(None, [APPEND, FLAVORS[flavor].append]))
-    spec = VmSpec(kernel=image.kernel, initrd=image.initrd, append=append, accel=accel)
-    template = _ensure_template(d, image, spec, log)
     # The lab's own lock, taken once the image and template are ready (building them may take minutes): one call at
     # a time starts the package cache and VMs and writes the inventory.
     with building(d.state / "lab-up"):
@@ -156,6 +152,31 @@ def down(log: Log) -> list[str]:
     return stopped
 
 
+def prepare(log: Log, flavor: str = "plain") -> tuple[VmSpec, Path]:
+    """The flavor's image and the saved, booted template its VMs resume from, built first where missing (minutes,
+    once; cached): what `up` starts VMs from, in seconds.  The VMs' spec and the template's directory."""
+    if flavor not in FLAVORS:
+        raise UsageError(f"--flavor: unknown flavor {flavor!r} (known: {', '.join(FLAVORS)})")
+    require_tool(QEMU, "qemu-system-x86")
+    d = dirs()
+    image = ensure_base_image(d.cache, log, flavor)
+    accel = _accel(d, image, log)
+    append = " ".join(filter(None, [APPEND, FLAVORS[flavor].append]))
+    spec = VmSpec(kernel=image.kernel, initrd=image.initrd, append=append, accel=accel, cpus=_cpus(flavor))
+    return spec, _ensure_template(d, image, spec, log)
+
+
+def _cpus(flavor: str = "plain") -> int:
+    """vCPUs per lab VM: PROVISION_LAB_CPUS, else the flavor's, else VmSpec's default (one; more pays off on a
+    machine with cores to spare, or under KVM)."""
+    value = os.environ.get("PROVISION_LAB_CPUS", "")
+    if not value:
+        return FLAVORS[flavor].cpus or VmSpec.cpus
+    if not value.isdigit() or not 1 <= int(value) <= 64:
+        raise UsageError(f"PROVISION_LAB_CPUS: {value!r} is not a number of vCPUs from 1 to 64")
+    return int(value)
+
+
 def restart(name: str, log: Log, data_disk: bool = True) -> None:
     """Power-cycle a lab VM and boot it cold from its own disk, optionally with its data disk detached.
 
@@ -213,7 +234,7 @@ def ssh_argv(name: str, command: tuple[str, ...] = ()) -> list[str]:
 def ssh_options(d: LabDirs) -> list[str]:
     return [
         "-i", str(d.key), "-o", "IdentitiesOnly=yes", "-o", f"UserKnownHostsFile={d.known_hosts}",
-        "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10",
+        "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10", "-o", LAB_SSH_KEX,
     ]  # fmt: skip
 
 
@@ -277,7 +298,7 @@ def _personalize(d: LabDirs, vm: Vm) -> None:
         with vm.wait_for_agent(RESUME_TIMEOUT) as agent:
             result = guest_exec(
                 agent,
-                ["/usr/local/sbin/lab-personalize", vm.name, str(int(time.time())), pubkey],
+                ["/usr/local/sbin/lab-personalize", vm.name, str(int(time.time())), pubkey, uuid.uuid4().hex],
                 stdin=keys_tar,
             )
             if result.rc != 0:

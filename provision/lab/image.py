@@ -60,7 +60,7 @@ cat > /usr/local/sbin/lab-personalize <<'EOS'
 # Run by `provision lab up` through the guest agent on every new clone: a clone must not share the
 # template's identity (host keys, machine-id, hostname) nor its clock.
 set -eu
-name=$1 epoch=$2 pubkey=$3
+name=$1 epoch=$2 pubkey=$3 machine_id=$4
 date -s "@$epoch" >/dev/null
 # Host keys arrive on stdin as a tar made on the host: generating RSA keys under TCG takes seconds.
 rm -f /etc/ssh/ssh_host_*
@@ -68,8 +68,10 @@ tar -x -C /etc/ssh
 echo "$name" > /etc/hostname
 hostname "$name"
 sed -i "s/^127.0.1.1.*/127.0.1.1\t$name/" /etc/hosts
-rm -f /etc/machine-id /var/lib/dbus/machine-id
-systemd-machine-id-setup >/dev/null 2>&1
+# The machine-id comes from the host too: clones resumed from one RAM snapshot share the guest's random state,
+# so two made at once could draw the same one.
+rm -f /var/lib/dbus/machine-id
+printf '%s\n' "$machine_id" > /etc/machine-id
 systemctl restart ssh systemd-journald
 # The data disk is new: refresh udev's by-id links, which still name the template's disk.
 udevadm trigger --action=change --subsystem-match=block
@@ -145,6 +147,8 @@ class Flavor:
     playbook: str = ""
     playbook_roles: tuple[str, ...] = ()
     playbook_vars: tuple[tuple[str, object], ...] = ()
+    # vCPUs of its VMs where PROVISION_LAB_CPUS does not say (0: the lab's default, one).  Not part of the image.
+    cpus: int = 0
 
 
 # The driver the nvidia flavor has, as the nvidia role installs it (tests/integration/test_6_nvidia.py runs the
@@ -167,7 +171,8 @@ MONITORING_PACKAGES = (
     "prometheus-node-exporter",
     "prometheus-nginx-exporter",
 )
-MONITORING_SETUP = "".join(f"systemctl disable {package}.service\n" for package in MONITORING_PACKAGES)
+# The docker flavor's daemons that only the roles start: each package's unit has the package's name.
+DOCKER_DISABLED_DAEMONS = ("nginx", *MONITORING_PACKAGES)
 
 # Each flavor is built and cached on first use only.
 FLAVORS: dict[str, Flavor] = {
@@ -195,9 +200,16 @@ FLAVORS: dict[str, Flavor] = {
     # Docker present as on a cloud image with Docker preinstalled (installing docker.io under TCG takes ~5 min);
     # the container_runtime role still configures it.  docker.service is enabled by the package.  apparmor:
     # Debian's kernel enables AppArmor, and dockerd cannot start containers without apparmor_parser.
-    # The monitoring roles' packages too (unpacking Prometheus alone takes minutes under TCG), installed and
-    # disabled, so nothing of theirs runs until monitoring_agent and monitoring_server configure and start it.
-    "docker": Flavor(packages=("docker.io", "apparmor", *MONITORING_PACKAGES), setup=MONITORING_SETUP),
+    # The monitoring roles' packages too (unpacking Prometheus alone takes minutes under TCG), and nginx (a minute
+    # of the serving host's first run; the nginx role installs it on a plain VM in test_8b_relay), installed and
+    # disabled, so nothing of theirs runs until the roles configure and start it.
+    # Two vCPUs: the serving host runs Prometheus, its exporters, two replicas, nginx and the tests' load client at
+    # once, and each scrape must finish within its timeout; with one, test_5a's targets went down under the suite.
+    "docker": Flavor(
+        packages=("docker.io", "apparmor", *DOCKER_DISABLED_DAEMONS),
+        setup="".join(f"systemctl disable {daemon}.service\n" for daemon in DOCKER_DISABLED_DAEMONS),
+        cpus=2,
+    ),
     # The NVIDIA driver built by DKMS for the image's kernel, nouveau blacklisted and the initramfs rebuilt, by
     # the nvidia role itself (nvidia_install_without_gpu) run in a chroot at native speed: compiling the module
     # in a TCG guest would take most of the suite's budget.  The kernel is the image's, not the builder's.

@@ -11,16 +11,19 @@ import subprocess
 import tempfile
 import time
 from dataclasses import asdict
+from functools import cache
 from pathlib import Path
 
 from provision.errors import EnvironmentProblem
-from provision.lab.image import BaseImage
+from provision.lab.image import BaseImage, building
 from provision.lab.qemu import QEMU, Vm, VmSpec, create_blank, create_overlay, guest_exec, qmp
 from provision.lab.state import LabDirs, Log
 
 APPEND = "root=/dev/vda rw console=ttyS0 net.ifnames=1 systemd.show_status=0"
 DATA_DISK_SIZE = "20G"
-BOOT_TIMEOUT = 300.0
+# A cold boot under TCG takes 1-2 min alone; on a machine busy with other guests and builds, one took more than 5
+# (the SELinux template beside the test suite's lanes and a DKMS compile, s31). Waiting longer costs only a hang.
+BOOT_TIMEOUT = 900.0
 
 
 def _free_port() -> int:
@@ -29,6 +32,7 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@cache  # the accel verdict's key and the template's both name it: one `qemu --version` per process
 def _qemu_version() -> str:
     return subprocess.run([QEMU, "--version"], capture_output=True, text=True, check=True).stdout.splitlines()[0]
 
@@ -70,12 +74,21 @@ def _ensure_template(d: LabDirs, image: BaseImage, spec: VmSpec, log: Log) -> Pa
     identity = {
         "image": image.directory.name,
         "spec": {**asdict(spec), "kernel": "", "initrd": ""},
+        # A saved state loads only into the qemu that saved it ("pc" names another machine version in another).
+        "qemu": _qemu_version(),
         "version": 1,
     }
     key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
     template = d.cache / "templates" / key
     if (template / "state.bin").exists():
         return template
+    with building(template):  # one boot at a time (`lab prepare` beside a `lab up`); a second finds it made
+        if not (template / "state.bin").exists():
+            _boot_template(template, image, spec, identity, log)
+    return template
+
+
+def _boot_template(template: Path, image: BaseImage, spec: VmSpec, identity: dict, log: Log) -> None:
     log("booting the lab template VM once (its saved state makes later starts fast)")
     template.parent.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
@@ -114,4 +127,3 @@ def _ensure_template(d: LabDirs, image: BaseImage, spec: VmSpec, log: Log) -> Pa
         (final / "identity.json").write_text(json.dumps(identity, indent=2, sort_keys=True))
         final.rename(template)
     log(f"lab template ready ({time.monotonic() - started:.0f}s)")
-    return template

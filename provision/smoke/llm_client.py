@@ -7,7 +7,9 @@ file to the host's python3 and read one JSON object from its output:
     ttft URL [--repeat N] [--tokens N]  median/min/max time to first token over N streamed completions
     complete URL [--tokens N]           one non-streamed completion: status, the replica that answered
     websocket URL [--message TEXT]      websocket handshake status and the echoed message
-    load URL --seconds S --requests N --concurrency C   non-streamed completions: rps, p50, p95, p99, errors
+    load URL --seconds S --requests N --concurrency C [--fresh]   non-streamed completions: rps, p50, p95, p99,
+                                        errors (--fresh: a new connection per request, so an idle keep-alive
+                                        connection a server closes, as nginx does on reload, is never one)
     status URL                          the status of a GET of URL (a relay's route)
 
 URL is the server's base (http://127.0.0.1:80); an optional user:password@ in it becomes basic auth.
@@ -162,8 +164,11 @@ def websocket(url: str, message: str = "hello through nginx", timeout: float = 3
     return {"status": status, "echo": echoed}
 
 
-def load(url: str, seconds: float, requests: int, concurrency: int, tokens: int = 1) -> dict[str, Any]:
-    """Non-streamed completions from `concurrency` keep-alive connections, bounded in time and count."""
+def load(
+    url: str, seconds: float, requests: int, concurrency: int, tokens: int = 1, fresh: bool = False
+) -> dict[str, Any]:
+    """Non-streamed completions from `concurrency` keep-alive connections (a new one per request when `fresh`),
+    bounded in time and count."""
     latencies: list[float] = []
     errors: list[str] = []
     lock = threading.Lock()
@@ -190,6 +195,9 @@ def load(url: str, seconds: float, requests: int, concurrency: int, tokens: int 
                 conn, headers, prefix = _connect(url, 30)
                 with lock:
                     errors.append(type(exc).__name__)
+            if fresh and response is not None:
+                conn.close()
+                conn, headers, prefix = _connect(url, 30)
             elapsed = time.monotonic() - started
             with lock:
                 if ok:
@@ -233,6 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--fresh", action="store_true")
     args = parser.parse_args(argv)
     if args.mode == "stream":
         result = stream(args.url, args.tokens)
@@ -245,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.mode == "status":
         result = status(args.url)
     else:
-        result = load(args.url, args.seconds, args.requests, args.concurrency, args.tokens)
+        result = load(args.url, args.seconds, args.requests, args.concurrency, args.tokens, args.fresh)
     print(json.dumps(result))
     return 0
 

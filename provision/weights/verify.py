@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from provision import play
-from provision.events import Line
+from provision.events import Line, Status
 from provision.runner import RunRequest, TaskEvent
 
 PLAYBOOK = "weights_verify.yml"
@@ -37,8 +37,11 @@ def verify(
     strategy: str = "mitogen",
     progress: Callable[[Line], None] = lambda line: None,
     note: Callable[[str], None] = lambda text: None,
+    status: Callable[[Status], None] = lambda status: None,
+    output: str = "auto",
 ) -> Verification:
-    """Run the check; `deep` re-hashes every file instead of trusting its verification record."""
+    """Run the check; `deep` re-hashes every file instead of trusting its verification record. `progress`,
+    `note`, `status` and `output` as play.run takes them."""
     reports: dict[str, tuple[ModelState, ...]] = {}
 
     def collect(event: TaskEvent) -> None:
@@ -52,7 +55,9 @@ def verify(
         extravars={"weights_reverify": deep},
         strategy=strategy,
     )
-    outcome = play.run(request, progress=progress, note=note, on_event=collect, lock_hosts=False)
+    outcome = play.run(
+        request, progress=progress, note=note, on_event=collect, lock_hosts=False, output=output, status=status
+    )
     return Verification(outcome, dict(sorted(reports.items())))
 
 

@@ -42,7 +42,7 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out.mkdir()
     env = {
         **os.environ,
-        "ANSIBLE_CONFIG": str(ROOT / "playbooks" / "ansible.cfg"),
+        "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"),
         "ANSIBLE_ROLES_PATH": str(ROOT / "playbooks" / "roles"),
         "ANSIBLE_LIBRARY": str(HERE / "library"),
         "ANSIBLE_STRATEGY": "linear",

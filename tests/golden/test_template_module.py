@@ -50,13 +50,18 @@ def expected_name(case: Path) -> str:
 
 
 def stand_in_roles(root: Path, tasks: dict[str, Path]) -> Path:
-    """Every role with its real defaults, vars and templates and the given tasks (none for the others)."""
+    """Every role with its real defaults, vars and templates and the given tasks (none for the others) as main.yml;
+    its other task files are the real ones, for the plays that include an entry point (the inference endpoints
+    that serving.yml and monitoring.yml hand over)."""
     roles = root / "roles"
     for role in sorted(paths.ROLES.iterdir()):
         (roles / role.name / "tasks").mkdir(parents=True)
         for folder in ("defaults", "vars", "templates"):
             if (role / folder).is_dir():
                 (roles / role.name / folder).symlink_to(role / folder)
+        for tasks_file in sorted((role / "tasks").glob("*.yml")):
+            if tasks_file.name != "main.yml":
+                (roles / role.name / "tasks" / tasks_file.name).symlink_to(tasks_file)
         main = tasks.get(role.name)
         (roles / role.name / "tasks/main.yml").write_text(main.read_text() if main else "---\n[]\n")
     return roles

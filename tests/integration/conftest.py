@@ -29,7 +29,9 @@ from labtools import (
     WEBHOOK,
     Lab,
     ServingRuns,
+    add_host,
     phase,
+    start_named,
 )  # fmt: skip
 
 from provision.lab import image
@@ -153,25 +155,6 @@ def docker_host(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> str:
     return DOCKER_HOST
 
 
-def start_named(lab: Lab, tmp_path_factory: pytest.TempPathFactory, name: str, flavor: str) -> dict:
-    """Start the lab VM `name` of `flavor` (`lab up --name`; one already running is kept): its inventory variables."""
-    started = tmp_path_factory.mktemp(name) / "lab-hosts.yml"
-    lab.provision(
-        "lab", "up", "--name", name, "--flavor", flavor, "--base-port", str(BASE_PORT),
-        "--inventory-out", str(started), check=True,
-    )  # fmt: skip
-    return dict(yaml.safe_load(started.read_text())["all"]["children"]["lab"]["hosts"][name])
-
-
-def add_host(hosts_file: Path, name: str, hostvars: dict) -> None:
-    """Add a lab VM to an inventory's hosts.yml, keeping its header comments."""
-    text = hosts_file.read_text()
-    inventory = yaml.safe_load(text)
-    inventory["all"]["children"]["lab"]["hosts"][name] = hostvars
-    header = "".join(line for line in text.splitlines(keepends=True) if line.startswith("#"))
-    hosts_file.write_text(header + yaml.safe_dump(inventory, sort_keys=False))
-
-
 # --- The serving host (test_5_serving, then test_5a_monitoring, in lane B) --------------------------------------
 # One inventory and one converge for both modules: the docker host serves two demo replicas behind nginx and is
 # the monitoring host; it and WATCHED, a plain VM of its own, are monitored over the lab's private segment.
@@ -183,6 +166,9 @@ MONITORING_SETTINGS = {
     "monitoring_server_scrape_group": "monitored",  # not the session's lab1, lab2
     "monitoring_server_scrape_interval": "60s",
     "monitoring_server_evaluation_interval": "60s",
+    # The gateway's metrics script (a Python run, seconds of an emulated guest's CPU) once at start, then every
+    # 10 minutes instead of every 30 s: nothing reads its output in the serving tests.
+    "monitoring_agent_gateway_metrics_interval": "10min",
     "monitoring_server_storage_path": "/srv/prometheus",
     "monitoring_server_alertmanager": True,
     "monitoring_server_alertmanager_webhook_url": WEBHOOK,

@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
 import yaml
 
 from testkit.lab import ROOT as ROOT
@@ -27,6 +28,9 @@ DOCKER_HOST = "lab5"  # the docker-flavor VM (conftest.py's docker_host); lab3, 
 WATCHED = "lab7"  # a plain VM the docker host's Prometheus scrapes
 CLIENT = "/tmp/llm_client.py"
 SERVING_TAGS = "container_runtime,inference,nginx,monitoring"
+# Seconds a replica gets to serve again after it was stopped, killed or restored: a container's start and health
+# under the suite's load took over 60 s (s31), once 2 min from systemd's Started to the server's first line.
+REPLICA_BACK = 240
 WEBHOOK = "http://127.0.0.1:9099/alerts"  # test_5a_monitoring's receiver, on the docker host's loopback
 
 
@@ -67,3 +71,22 @@ def inventory_with(lab: Lab, tmp_path: Path, host_vars: dict[str, dict]) -> Path
         (inventory / "host_vars").mkdir(exist_ok=True)
         (inventory / "host_vars" / f"{host}.yml").write_text(yaml.safe_dump(values))
     return inventory
+
+
+def start_named(lab: Lab, tmp_path_factory: pytest.TempPathFactory, name: str, flavor: str) -> dict:
+    """Start the lab VM `name` of `flavor` (`lab up --name`; one already running is kept): its inventory variables."""
+    started = tmp_path_factory.mktemp(name) / "lab-hosts.yml"
+    lab.provision(
+        "lab", "up", "--name", name, "--flavor", flavor, "--base-port", str(BASE_PORT),
+        "--inventory-out", str(started), check=True,
+    )  # fmt: skip
+    return dict(yaml.safe_load(started.read_text())["all"]["children"]["lab"]["hosts"][name])
+
+
+def add_host(hosts_file: Path, name: str, hostvars: dict) -> None:
+    """Add a lab VM to an inventory's hosts.yml, keeping its header comments."""
+    text = hosts_file.read_text()
+    inventory = yaml.safe_load(text)
+    inventory["all"]["children"]["lab"]["hosts"][name] = hostvars
+    header = "".join(line for line in text.splitlines(keepends=True) if line.startswith("#"))
+    hosts_file.write_text(header + yaml.safe_dump(inventory, sort_keys=False))

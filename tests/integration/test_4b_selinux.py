@@ -42,8 +42,11 @@ class Lab4:
         return self.lab.sh(SE_HOST, command, stdin=stdin)
 
     def start_upstream(self) -> None:
+        """The upstream started and listening (a Python's start takes seconds of a loaded emulated guest, and a
+        request before it listens gets a 502 that is not SELinux's), then nginx restarted."""
         self.sh(f"sudo systemd-run --unit lab-upstream --quiet python3 -m http.server {UPSTREAM_PORT} --directory /tmp"
-                " 2>/dev/null; sudo systemctl restart nginx")  # fmt: skip
+                f" 2>/dev/null; for i in $(seq 240); do (exec 3<>/dev/tcp/127.0.0.1/{UPSTREAM_PORT}) 2>/dev/null"
+                " && break; sleep 0.5; done; sudo systemctl restart nginx")  # fmt: skip
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from labtools import CLIENT, WATCHED, Lab, ServingRuns
+from labtools import CLIENT, REPLICA_BACK, WATCHED, Lab, ServingRuns
 
 from provision import demo_server
 from provision.lab import image
@@ -205,8 +205,8 @@ def test_a_replica_stopped_behind_systemds_back_alerts_and_resolves(lab: Lab, mo
     lab.sh(host, "sudo docker kill inference-2 >/dev/null")  # not systemctl stop: the unit sees its server die
     seen = [wait_for("ReplicaDown pending", lambda: state() == "pending" and "pending", seconds=30, every=1)]
     seen.append(wait_for("ReplicaDown firing", lambda: state() == "firing" and "firing", seconds=60, every=1))
-    lab.sh(host, "sudo systemctl start inference-2")
-    seen.append(wait_for("ReplicaDown resolved", lambda: state() == "none" and "resolved", seconds=60, every=1))
+    lab.sh(host, "sudo systemctl start inference-2")  # then the container's start and health (REPLICA_BACK)
+    seen.append(wait_for("ReplicaDown resolved", lambda: state() == "none" and "resolved", seconds=REPLICA_BACK))
     assert seen == ["pending", "firing", "resolved"]
 
     def notified() -> list[str]:  # what Alertmanager posted to the webhook about inference-2's alert, in order

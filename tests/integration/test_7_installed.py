@@ -67,7 +67,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
 
 
 def test_the_wheel_carries_the_ansible_project(installed: Installed) -> None:
-    for name in ("playbooks/site.yml", "playbooks/ansible.cfg", "templates/nginx/nginx.conf.j2", "inventories/gcp"):
+    for name in ("ansible.cfg", "playbooks/site.yml", "templates/nginx/nginx.conf.j2", "inventories/gcp"):
         assert (installed.data / name).exists(), f"the wheel has no {name}"
     assert not (installed.data / "inventories/lab/hosts.yml").exists(), "a lab's own inventory went into the wheel"
 
@@ -88,6 +88,6 @@ def test_render_an_example_inventory_from_anywhere(installed: Installed) -> None
 def test_up_check_runs_the_installed_playbooks(installed: Installed, lab: Lab, converged: object) -> None:
     proc = installed.run("up", "-i", str(lab.inventory), "--limit", "lab1", "--check", "-v")
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert f"Using {installed.data / 'playbooks/ansible.cfg'} as config file" in proc.stdout
+    assert f"Using {installed.data / 'ansible.cfg'} as config file" in proc.stdout
     assert str(ROOT / "playbooks") not in proc.stdout, "the checkout's playbooks were used"
     assert recap(proc.stdout)["lab1"]["failed"] == 0

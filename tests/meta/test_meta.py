@@ -1,6 +1,7 @@
 """Project-wide rules: every command has working help, every module imports on its own, the CLI stays
 light, and every role's public variables are documented in its argument specs (and only those)."""
 
+import ast
 import re
 import subprocess
 import sys
@@ -154,12 +155,15 @@ def test_the_wheel_carries_the_package_and_nothing_else(tmp_path: Path) -> None:
     """What `pip install .` installs: provision's own modules (and its Ansible project as data), no testkit/,
     tests/ or bench/."""
     with zipfile.ZipFile(build_wheel(tmp_path)) as wheel:
+        names = wheel.namelist()
         modules = {
             ".".join(Path(name).with_suffix("").parts).removesuffix(".__init__")
-            for name in wheel.namelist()
+            for name in names
             if name.endswith(".py") and not name.startswith("provision/_data/")
         }
     assert modules == set(MODULES)
+    # The Ansible project's settings sit at its root there too (paths.ANSIBLE_CFG of an installed provision).
+    assert {"provision/_data/ansible.cfg", "provision/_data/playbooks/site.yml"} <= set(names)
 
 
 # ---- roles: defaults <-> argument specs ---------------------------------------------------------------
@@ -216,3 +220,92 @@ def test_the_whole_suite_collects_in_one_run() -> None:
         check=False,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+
+
+# ---- the Ansible project runs without provision, and its roles share only what is handed over -------------
+
+
+def test_the_playbooks_never_import_provision() -> None:
+    """AWX and ansible-runner run playbooks/ with ansible-core and its collections only: no plugin or module there
+    may import this package (provision loads what it shares with them from there, paths.playbook_module)."""
+    importers = []
+    for path in paths.PLAYBOOKS.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = (
+                [alias.name for alias in node.names] if isinstance(node, ast.Import)
+                else [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            )  # fmt: skip
+            importers += [f"{path.relative_to(paths.ROOT)}: {n}" for n in names if n.split(".")[0] == "provision"]
+    assert importers == []
+
+
+# Keys whose value Ansible evaluates as a bare Jinja expression.
+BARE_EXPRESSIONS = ("when", "that", "changed_when", "failed_when", "until")
+JINJA = re.compile(r"{{.*?}}|{%.*?%}", re.S)
+
+
+def _expressions(node: object, key: str = "") -> Iterator[str]:
+    """The Jinja a role's YAML evaluates: inside {{ }} / {% %}, and the bare expressions of when, that, ...
+
+    Mapping keys are never reads: a task that includes another role with `vars: {other_x: ...}` hands it a value.
+    """
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield from _expressions(v, str(k))
+    elif isinstance(node, list):
+        for item in node:
+            yield from _expressions(item, key)
+    elif isinstance(node, str):
+        yield from ([node] if key in BARE_EXPRESSIONS else JINJA.findall(node))
+
+
+def _role_templates(role: Path) -> list[Path]:
+    """The shared templates/ files a role renders: its <role>_*_template defaults name them."""
+    return [
+        paths.TEMPLATES / value
+        for name, value in _defaults(role).items()
+        if name.endswith("_template") and isinstance(value, str) and (paths.TEMPLATES / value).is_file()
+    ]
+
+
+def _reads_of_other_roles(role: Path) -> set[str]:
+    public = {other.name: set(_defaults(other)) for other in ROLES if other != role}
+    texts: list[str] = []
+    for part in ("defaults", "vars", "tasks", "handlers"):
+        for path in sorted((role / part).rglob("*.yml")):
+            texts += _expressions(yaml.safe_load(path.read_text(encoding="utf-8")))
+    for path in [*sorted((role / "templates").rglob("*.j2")), *_role_templates(role)]:
+        texts += JINJA.findall(path.read_text(encoding="utf-8"))
+    found = set()
+    for text in texts:
+        for match in re.finditer(r"(?<![\w])([a-z][a-z0-9_]*)", text):
+            before = text[: match.start()]
+            # x.name is an attribute of x, unless x is another host's variables (hostvars[host].name).
+            if before.endswith(".") and not re.search(r"hostvars\[[^\]]*\]\.$", before):
+                continue
+            found |= {f"{other}: {match[1]}" for other, names in public.items() if match[1] in names}
+    return found
+
+
+@pytest.mark.parametrize("role", ROLES, ids=[role.name for role in ROLES])
+def test_a_role_reads_no_other_roles_variables(role: Path) -> None:
+    """What roles share is handed over explicitly (play vars in playbooks/*.yml, the vars of an include_role, a
+    role's documented output), never read from the owner's variables behind a `| default(...)` copy of its default:
+    under AWX or with --tags the owner may not have run, and the copy drifts from the owner's default."""
+    assert _reads_of_other_roles(role) == set()
+
+
+def test_the_reads_rule_finds_a_read(tmp_path: Path) -> None:
+    """The rule sees a read through another host's variables and in a bare `when`, and not a key handed over to
+    an included role, an attribute of a loop item, or a name in a message outside {{ }}."""
+    role = tmp_path / "probe"
+    (role / "tasks").mkdir(parents=True)
+    (role / "defaults").mkdir()
+    (role / "defaults/main.yml").write_text("probe_x: 1\n")
+    tasks = [
+        {"ansible.builtin.include_role": {"name": "nginx"}, "vars": {"nginx_port": "{{ probe_x }}"}},
+        {"ansible.builtin.debug": {"msg": "set nginx_tls for {{ item.nginx_tls_port }}"}},
+        {"ansible.builtin.debug": {"msg": "{{ hostvars[h].inference_port }}"}, "when": "nginx_tls | bool"},
+    ]
+    (role / "tasks/main.yml").write_text(yaml.safe_dump(tasks))
+    assert _reads_of_other_roles(role) == {"inference: inference_port", "nginx: nginx_tls"}

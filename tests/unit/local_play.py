@@ -1,5 +1,9 @@
 """A playbook that runs on this machine (connection local), for the unit tests of real runs: each task does one
-thing a test looks for, chosen by its tags."""
+thing a test looks for, chosen by its tags. And the environment that runs `provision up` on such a playbook."""
+
+import os
+import shutil
+from pathlib import Path
 
 PLAYBOOK = """\
 - name: Local play
@@ -33,3 +37,13 @@ PLAYBOOK = """\
         msg: "{{ lookup('env', 'SSH_AUTH_SOCK') }}|{{ lookup('env', 'PROVISION_TEST_TOKEN') | length }}"
       tags: [never, env]
 """
+
+
+def provision_env(project: Path, tmp_path: Path) -> tuple[dict[str, str], Path]:
+    """The environment for `provision up` with the test project as site.yml, and its own TMPDIR."""
+    home = tmp_path / "home"
+    (home / "playbooks").mkdir(parents=True)
+    shutil.copy(project / "site.yml", home / "playbooks" / "site.yml")
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    return {**os.environ, "PROVISION_HOME": str(home), "TMPDIR": str(scratch), "PYTHONUNBUFFERED": "1"}, scratch

@@ -382,3 +382,27 @@ def test_lab_commands_call_the_lab_api(run_cli: Any, monkeypatch: pytest.MonkeyP
     assert run_cli("lab", "ssh", "lab1", "ls", "-la").code == 0
     assert calls["exec"] == ["true", "lab1", "ls", "-la"]
     assert run_cli("lab", "up", "--hosts", "0").code == 2
+
+    def fake_prepare(log: Callable[[str], None], flavor: str) -> tuple[None, Path]:
+        calls.setdefault("prepare", []).append(flavor)
+        return None, tmp_path / "templates" / flavor
+
+    monkeypatch.setattr(lab, "prepare", fake_prepare)
+    prepared = run_cli("lab", "prepare", "--flavor", "oci", "--flavor", "docker")
+    assert prepared.code == 0 and calls["prepare"] == ["oci", "docker"]
+    assert prepared.out == f"oci: ready ({tmp_path}/templates/oci)\ndocker: ready ({tmp_path}/templates/docker)\n"
+    run_cli("lab", "prepare")
+    assert calls["prepare"][-1] == "plain"
+
+
+def test_lab_help_lists_every_flavor(run_cli: Any) -> None:
+    from provision.lab.image import FLAVORS
+
+    shown = run_cli("lab", "--help").out
+    section = shown.split("Flavors (--flavor of up and prepare):\n")[1].split("\n\n")[0]
+    assert [line.split()[0] for line in section.splitlines()] == list(FLAVORS), shown
+
+
+def test_lab_prepare_names_an_unknown_flavor(run_cli: Any) -> None:
+    bad = run_cli("lab", "prepare", "--flavor", "gpu")
+    assert bad.code == 2 and "--flavor: unknown flavor 'gpu' (known: plain, oci, selinux, docker, nvidia)" in bad.err

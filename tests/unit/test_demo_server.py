@@ -83,6 +83,9 @@ def test_a_stop_waits_for_requests_in_flight_but_not_for_idle_connections() -> N
     idle, _, _ = llm_client._connect(base, 5)
     idle.request("GET", "/health")
     idle.getresponse().read()  # a keep-alive connection, now idle (as nginx keeps them)
+    # Its request ends on the server after the client has read the answer: wait for that, or the request seen in
+    # flight below could be this one, and the worker's connection, not accepted yet, be reset by server_close().
+    assert server.drain(timeout=5)
     result: dict = {}
     worker = threading.Thread(target=lambda: result.update(llm_client.complete(base, tokens=10)))
     worker.start()

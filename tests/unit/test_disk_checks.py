@@ -9,7 +9,7 @@ from provision.smoke import disk_checks
 
 UUID = "0b2c2a64-5cd4-4c0a-9d7b-3f3c2d9b1a10"
 OTHER = "9f1e7c1a-2b3c-4d5e-8f90-123456789abc"
-OURS = f"UUID={UUID} /srv/models ext4 defaults,nofail,x-systemd.device-timeout=30s 0 2\n"
+OURS = f"UUID={UUID} /srv/models ext4 defaults,nofail,x-systemd.device-timeout=90s 0 2\n"
 ROOT = "/dev/vda / ext4 errors=remount-ro 0 1\n"
 
 
@@ -94,7 +94,7 @@ def test_with_nothing_configured_leftover_lines_are_found() -> None:
 
 
 def test_configured_mounts_from_devices_and_auto() -> None:
-    auto = f"UUID={OTHER} /data1 ext4 defaults,nofail,x-systemd.device-timeout=30s 0 2\n"
+    auto = f"UUID={OTHER} /data1 ext4 defaults,nofail,x-systemd.device-timeout=90s 0 2\n"
     lines = fstab(ROOT + OURS + auto)
     variables: dict[str, Any] = {
         "disks_devices": [{"serial": "lab1-data", "mount": "/srv/models", "owner": "debian"}],

@@ -353,7 +353,7 @@ PARAMS = {
     "auto_mount_prefix": "/data",
     "auto_fstype": "ext4",
     "wipe": [],
-    "device_timeout": "30s",
+    "device_timeout": "90s",
 }
 
 
@@ -449,7 +449,7 @@ def test_plan_of_a_blank_disk() -> None:
         "mode": "0750",
         "passno": 2,
     }
-    assert disk["mount_options"] == "defaults,nofail,x-systemd.device-timeout=30s,_netdev"
+    assert disk["mount_options"] == "defaults,nofail,x-systemd.device-timeout=90s,_netdev"
     assert disk["selinux_type"] == "container_file_t"
     assert disk["summary"] == (
         "/dev/vdb -> /dev/vdb (20.0 GiB, serial lab1-data): blank: create ext4, mount at /srv/models"
@@ -459,14 +459,14 @@ def test_plan_of_a_blank_disk() -> None:
 @pytest.mark.parametrize(
     ("options", "netdev", "expected"),
     [
-        ("defaults", False, "defaults,nofail,x-systemd.device-timeout=30s"),
-        ("noatime,nofail", False, "noatime,nofail,x-systemd.device-timeout=30s"),
-        ("", True, "defaults,nofail,x-systemd.device-timeout=30s,_netdev"),
-        ("_netdev,ro", True, "_netdev,ro,nofail,x-systemd.device-timeout=30s"),
+        ("defaults", False, "defaults,nofail,x-systemd.device-timeout=90s"),
+        ("noatime,nofail", False, "noatime,nofail,x-systemd.device-timeout=90s"),
+        ("", True, "defaults,nofail,x-systemd.device-timeout=90s,_netdev"),
+        ("_netdev,ro", True, "_netdev,ro,nofail,x-systemd.device-timeout=90s"),
     ],
 )
 def test_mount_options(options: str, netdev: bool, expected: str) -> None:
-    assert dp.mount_options(options, "30s", netdev) == expected
+    assert dp.mount_options(options, "90s", netdev) == expected
 
 
 # ---- auto mode --------------------------------------------------------------------------------------------

@@ -34,7 +34,7 @@ def ansible_env() -> dict[str, str]:
         ANSIBLE_NOCOLOR="1",
         ANSIBLE_ROLES_PATH=str(PLAYBOOKS / "roles"),
     )
-    cfg = PLAYBOOKS / "ansible.cfg"
+    cfg = PLAYBOOKS.parent / "ansible.cfg"
     if cfg.exists():
         env["ANSIBLE_CONFIG"] = str(cfg)
     return env

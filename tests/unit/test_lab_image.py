@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from provision.lab import image
+from provision.errors import UsageError
+from provision.lab import hosts, image
 
 
 def test_a_flavor_starts_from_the_plain_image_and_a_plain_change_rebuilds_it(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -37,9 +38,9 @@ def test_only_abandoned_builds_are_swept(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["build-now", "debian12-0123"]
 
 
-def test_the_docker_flavor_has_the_monitoring_roles_packages_installed_and_disabled() -> None:
-    """Every daemon the monitoring roles install through packaged_daemon is baked into the docker flavor (which the
-    monitoring test's host runs), its unit disabled so that only the roles start it."""
+def test_the_docker_flavor_has_the_monitoring_roles_packages_and_nginx_installed_and_disabled() -> None:
+    """Every daemon the monitoring roles install through packaged_daemon, and nginx, is baked into the docker flavor
+    (which the serving and monitoring tests' host runs), its unit disabled so that only the roles start it."""
     import yaml
 
     from provision import paths
@@ -54,5 +55,24 @@ def test_the_docker_flavor_has_the_monitoring_roles_packages_installed_and_disab
     }
     assert len(daemons) == 4, daemons
     docker = image.FLAVORS["docker"]
-    assert {package for package, _ in daemons} <= set(docker.packages)
-    assert set(docker.setup.splitlines()) == {f"systemctl disable {unit}.service" for _, unit in daemons}
+    assert {package for package, _ in daemons} | {"nginx"} <= set(docker.packages)
+    units = {unit for _, unit in daemons} | {"nginx"}
+    assert set(docker.setup.splitlines()) == {f"systemctl disable {unit}.service" for unit in units}
+
+
+@pytest.mark.parametrize(
+    ("value", "flavor", "cpus"),
+    [("", "plain", 1), ("", "docker", 2), ("2", "plain", 2), ("16", "plain", 16), ("1", "docker", 1)],
+)
+def test_a_vm_has_its_flavors_vcpus_unless_provision_lab_cpus_says(
+    monkeypatch: pytest.MonkeyPatch, value: str, flavor: str, cpus: int
+) -> None:
+    monkeypatch.setenv("PROVISION_LAB_CPUS", value)
+    assert hosts._cpus(flavor) == cpus
+
+
+@pytest.mark.parametrize("value", ["0", "two", "-1", "65"])
+def test_a_bad_vcpu_count_is_one_line_naming_the_variable(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch.setenv("PROVISION_LAB_CPUS", value)
+    with pytest.raises(UsageError, match=f"^PROVISION_LAB_CPUS: '{value}' is not a number of vCPUs from 1 to 64$"):
+        hosts._cpus()

@@ -8,12 +8,13 @@ import ssl
 import subprocess
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
 from provision import paths, render
-from provision.inventory import load_inventory
+from provision.inventory import Inventory, load_inventory
 from provision.smoke import monitoring_checks
 
 GOLDEN = Path(__file__).parents[1] / "golden" / "render"
@@ -161,9 +162,19 @@ def test_exporters_accept_the_host_itself_and_the_monitoring_hosts_only() -> Non
     assert render.HostVars(inventory, "mon1")["__monitoring_agent_ip_access"][1] == "IPAddressAllow=localhost 10.0.0.10"
 
 
+def handed_to_the_firewall(inventory: Inventory, host: str) -> dict[str, Any]:
+    """What playbooks/firewall.yml hands the firewall role on `host`: the monitoring agent's published ports and
+    sources (its tasks/ports.yml sets them from these internals)."""
+    agent = render.HostVars(inventory, host)
+    return {
+        "firewall_monitoring_ports": agent["__monitoring_agent_ports"],
+        "firewall_monitoring_sources": agent["monitoring_agent_allow_from"],
+    }
+
+
 def test_a_host_firewall_opens_the_exporters_to_the_monitoring_hosts_only() -> None:
     inventory = load_inventory(GOLDEN / "monitoring-fleet/inventory.yml")
-    gateway = render.HostVars(inventory, "gw1")
+    gateway = render.HostVars(inventory, "gw1", handed_to_the_firewall(inventory, "gw1"))
     assert gateway["__firewall_source_rules"] == [
         {"port": 9100, "proto": "tcp", "source": "10.0.0.10"}, {"port": 9113, "proto": "tcp", "source": "10.0.0.10"}
     ]  # fmt: skip
@@ -171,7 +182,8 @@ def test_a_host_firewall_opens_the_exporters_to_the_monitoring_hosts_only() -> N
     assert rule["__firewall_rule"] == "-s 10.0.0.10/32 -p tcp -m state --state NEW -m tcp --dport 9100 -j ACCEPT"
     plain = render.HostVars(inventory, "gw1", {"__firewall_port": {"port": 443}})
     assert plain["__firewall_rule"] == "-p tcp -m state --state NEW -m tcp --dport 443 -j ACCEPT"  # as it was
-    assert render.HostVars(inventory, "gpu1")["__firewall_source_rules"] == []  # exporters on loopback there
+    gpu = render.HostVars(inventory, "gpu1", handed_to_the_firewall(inventory, "gpu1"))
+    assert gpu["__firewall_source_rules"] == []  # exporters on loopback there
 
 
 # ---- provision test's checks ------------------------------------------------------------------------------

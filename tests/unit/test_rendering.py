@@ -5,8 +5,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
-from provision import render
+from provision import batches, paths, render
 from provision.errors import UsageError
 from provision.inventory import Inventory
 
@@ -155,6 +156,39 @@ def test_upstream_group_hosts_come_from_their_own_variables() -> None:
     (conf,) = [f.text for f in render.render_host(inv, "h1") if f.name == "nginx.conf"]
     servers = [line.split()[1] for line in conf.splitlines() if line.strip().startswith("server 1")]
     assert servers == ["127.0.0.1:8000", "10.0.0.9:7000", "10.0.0.9:7001"]
+
+
+@pytest.mark.parametrize("replicas", [1, 3])
+def test_the_published_endpoints_are_the_units_the_role_deploys(replicas: int) -> None:
+    """inference's tasks/endpoints.yml names and numbers replicas by the rule its main entry point deploys by."""
+    settings = {"inference_name": "qwen", "inference_replicas": replicas, "inference_port": 9000}
+    variables = render.HostVars(inventory(**settings), "h1")
+    endpoints = variables["__inference_endpoints"]
+    assert [[e["name"], e["port"]] for e in endpoints] == [list(unit) for unit in variables["__inference_units_wanted"]]
+    assert {e["host"] for e in endpoints} == {"h1"} and {e["bind_address"] for e in endpoints} == {"127.0.0.1"}
+
+
+@pytest.mark.parametrize(("playbook", "role", "handed"), [
+    ("serving.yml", "nginx", "nginx_upstream_endpoints"),
+    ("monitoring.yml", "monitoring_server", "monitoring_server_inference_endpoints"),
+])  # fmt: skip
+def test_the_plays_hand_the_inference_endpoints_over_with_the_roles_tags(playbook: str, role: str, handed: str) -> None:
+    """The pre_task that asks the inference role runs whenever the role does: with its tags (nginx's is
+    batches.DRAIN_TAG, what a rolling run drains and rejoins with), and render hands over what it publishes."""
+    play = next(p for p in yaml.safe_load((paths.PLAYBOOKS / playbook).read_text()) if "pre_tasks" in p)
+    (entry,) = [r for r in play["roles"] if r["role"] == role]
+    (ask,) = play["pre_tasks"]
+    assert set(ask["tags"]) == set(ask["ansible.builtin.include_role"]["apply"]["tags"]) == set(entry["tags"])
+    if role == "nginx":
+        assert batches.DRAIN_TAG in ask["tags"]
+    hostvars = {"h1": {"inference_replicas": 2}, "h2": {"inference_replicas": 2, "inference_port": 9000}}
+    groups = {"all": ("h1", "h2"), "inference": ("h1", "h2"), "gateway": ("h1",), "monitoring": ("h1",)}
+    inv = Inventory(path=Path("inventories/test/hosts.yml"), hosts=("h1", "h2"), hostvars=hostvars, groups=groups)
+    endpoints = render.HostVars(inv, "h1", render.handed_over(inv, "h1", paths.PLAYBOOKS / playbook, role))[handed]
+    assert [(e["host"], e["name"], e["port"]) for e in endpoints] == [
+        ("h1", "inference-1", 8000), ("h1", "inference-2", 8001),
+        ("h2", "inference-1", 9000), ("h2", "inference-2", 9001),
+    ]  # fmt: skip
 
 
 def test_lookups_work_as_in_a_play(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 import terminal as terminal_io
-from local_play import PLAYBOOK
+from local_play import PLAYBOOK, provision_env
 
 from provision import paths, play, runner
 from provision.errors import ExitCode
@@ -274,7 +274,7 @@ def test_provision_up_exits_128_plus_the_signal_and_leaves_nothing_behind(
     project: Path, local_inventory: Path, tmp_path: Path, signum: int, code: int
 ) -> None:
     """The real command in its own process: the signal comes from outside, mid-task."""
-    env, scratch = _provision_env(project, tmp_path)
+    env, scratch = provision_env(project, tmp_path)
     argv = [sys.executable, "-m", "provision", "up", "-i", str(local_inventory), "--tags", "sleep"]
     with subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
         assert proc.stdout is not None
@@ -295,7 +295,7 @@ def test_provision_up_exits_128_plus_the_signal_and_leaves_nothing_behind(
 
 def test_provision_up_exits_129_when_its_terminal_closes(project: Path, local_inventory: Path, tmp_path: Path) -> None:
     """A closed terminal: the kernel sends SIGHUP, and every later write to the terminal fails."""
-    env, scratch = _provision_env(project, tmp_path)
+    env, scratch = provision_env(project, tmp_path)
     argv = [sys.executable, "-m", "provision", "up", "-i", str(local_inventory), "--tags", "sleep"]
     pid, terminal = pty.fork()
     if pid == 0:  # the child: provision, on the pseudo-terminal
@@ -306,16 +306,6 @@ def test_provision_up_exits_129_when_its_terminal_closes(project: Path, local_in
     assert os.waitstatus_to_exitcode(status) == 129, shown
     assert list(scratch.glob("provision-*")) == [], "the private data dir must be removed"
     assert not _survivors(local_inventory), "processes of the stopped run are still running"
-
-
-def _provision_env(project: Path, tmp_path: Path) -> tuple[dict[str, str], Path]:
-    """The environment for `provision up` with the test project as site.yml, and its own TMPDIR."""
-    home = tmp_path / "home"
-    (home / "playbooks").mkdir(parents=True)
-    shutil.copy(project / "site.yml", home / "playbooks" / "site.yml")
-    scratch = tmp_path / "tmp"
-    scratch.mkdir()
-    return {**os.environ, "PROVISION_HOME": str(home), "TMPDIR": str(scratch), "PYTHONUNBUFFERED": "1"}, scratch
 
 
 def test_only_the_allowed_environment_reaches_ansible_and_the_kept_artifacts(

@@ -61,7 +61,7 @@ options:
   device_timeout:
     description: Value of x-systemd.device-timeout= in the mount options.
     type: str
-    default: 30s
+    default: 90s
   format:
     description:
       - Disks to format, as an earlier run of this module planned them (its C(disks) entries with C(format)).
@@ -1066,7 +1066,7 @@ def main() -> None:
             "auto_mount_prefix": {"type": "str", "default": "/data"},
             "auto_fstype": {"type": "str", "default": "ext4"},
             "wipe": {"type": "list", "elements": "str", "default": []},
-            "device_timeout": {"type": "str", "default": "30s"},
+            "device_timeout": {"type": "str", "default": "90s"},
             "format": {"type": "list", "elements": "dict", "default": []},
         },
         supports_check_mode=True,
