@@ -4,6 +4,7 @@ refuses /metrics, and Prometheus sees every target up. Pure functions parse what
 
 import json
 import shlex
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -56,6 +57,18 @@ def fetch(host: Any, url: str) -> tuple[int | None, str]:
     return int(status), body
 
 
+def scrape(host: Any, url: str, tries: int = 5, pause: float = 1.0) -> tuple[int | None, str]:
+    """`fetch` of an exporter's /metrics. node exporter answers 503 at once while its limit of scrapes is in
+    flight (monitoring_agent_node_exporter_max_requests; Prometheus's scrape may be one): asked again after
+    `pause`, up to `tries` times."""
+    for _ in range(tries - 1):
+        status, body = fetch(host, url)
+        if status != 503:
+            return status, body
+        time.sleep(pause)
+    return fetch(host, url)
+
+
 def exporter_problems(host: Any, variables: Mapping[str, Any], gateway: bool) -> list[str]:
     address = str(variables["monitoring_agent_listen_address"])
     exporters = [("node exporter", int(variables["monitoring_agent_node_exporter_port"]))]
@@ -65,7 +78,7 @@ def exporter_problems(host: Any, variables: Mapping[str, Any], gateway: bool) ->
     problems = []
     for name, port in exporters:
         problems += listen_problems(listening, name, address, port)
-        status, body = fetch(host, f"http://{bracketed(address)}:{port}/metrics")
+        status, body = scrape(host, f"http://{bracketed(address)}:{port}/metrics")
         if status != 200:
             problems.append(f"{name} does not answer at {bracketed(address)}:{port}/metrics: {status or body}")
     if gateway:

@@ -306,3 +306,28 @@ def test_fetch_runs_through_a_shell_as_testinfra_runs_it() -> None:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_an_exporters_503_is_asked_again_and_the_last_answer_counts() -> None:
+    """node exporter answers 503 while its limit of scrapes is in flight: `scrape` asks again, a bounded number
+    of times, and reports what the last try got."""
+    from types import SimpleNamespace
+
+    class Host:
+        def __init__(self, statuses: list[int]) -> None:
+            self.statuses, self.asked = statuses, 0
+
+        def run(self, command: str) -> SimpleNamespace:
+            status = self.statuses[min(self.asked, len(self.statuses) - 1)]
+            self.asked += 1
+            return SimpleNamespace(rc=0, stdout=f"{status}\nbody {status}", stderr="")
+
+    busy_then_free = Host([503, 503, 200])
+    assert monitoring_checks.scrape(busy_then_free, "http://10.0.0.1:9100/metrics", pause=0) == (200, "body 200")
+    assert busy_then_free.asked == 3
+    always_busy = Host([503])
+    assert monitoring_checks.scrape(always_busy, "http://10.0.0.1:9100/metrics", tries=4, pause=0)[0] == 503
+    assert always_busy.asked == 4
+    not_found = Host([404, 200])
+    assert monitoring_checks.scrape(not_found, "http://10.0.0.1:9100/metrics", pause=0)[0] == 404
+    assert not_found.asked == 1
