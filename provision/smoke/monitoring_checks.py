@@ -28,15 +28,21 @@ def listen_problems(ss_output: str, name: str, address: str, port: int) -> list[
     return []
 
 
-def targets_down(api_answer: str) -> list[str]:
-    """From Prometheus's /api/v1/targets: each active target that is not up, with its job, host and error."""
+def _down_by_url(api_answer: str) -> dict[str, str]:
+    """From Prometheus's /api/v1/targets: each active target that is not up, by its scrape URL, with its job, host
+    and error."""
     targets = json.loads(api_answer)["data"]["activeTargets"]
-    return [
-        f"{t['labels'].get('job')} target {t['scrapeUrl']} (host {t['labels'].get('host', '?')}) is {t['health']}: "
-        f"{t.get('lastError') or 'not scraped yet'}"
+    return {
+        t["scrapeUrl"]: f"{t['labels'].get('job')} target {t['scrapeUrl']} (host {t['labels'].get('host', '?')}) is "
+        f"{t['health']}: {t.get('lastError') or 'not scraped yet'}"
         for t in targets
         if t["health"] != "up"
-    ]
+    }
+
+
+def targets_down(api_answer: str) -> list[str]:
+    """From Prometheus's /api/v1/targets: each active target that is not up, with its job, host and error."""
+    return list(_down_by_url(api_answer).values())
 
 
 FETCH = (
@@ -89,10 +95,22 @@ def exporter_problems(host: Any, variables: Mapping[str, Any], gateway: bool) ->
     return problems
 
 
-def prometheus_problems(host: Any, variables: Mapping[str, Any]) -> list[str]:
+def prometheus_problems(host: Any, variables: Mapping[str, Any], looks: int = 4, pause: float = 5.0) -> list[str]:
+    """Prometheus listens on its address only and has every target up. A target is down when its last scrape
+    failed, and one scrape may time out on a busy host: a target is reported when it is down at each of `looks`
+    looks, `pause` apart (by default 15 s, the default scrape interval), with what the last look said."""
     address, port = str(variables["monitoring_server_listen_address"]), int(variables["monitoring_server_port"])
     problems = listen_problems(host.run("ss -Hltn").stdout, "Prometheus", address, port)
-    status, body = fetch(host, f"http://{bracketed(address)}:{port}/api/v1/targets?state=active")
-    if status != 200:
-        return [*problems, f"Prometheus does not answer at {bracketed(address)}:{port}: {status or body}"]
-    return problems + targets_down(body)
+    url = f"http://{bracketed(address)}:{port}/api/v1/targets?state=active"
+    down: dict[str, str] | None = None
+    for look in range(looks):
+        if look:
+            time.sleep(pause)
+        status, body = fetch(host, url)
+        if status != 200:
+            return [*problems, f"Prometheus does not answer at {bracketed(address)}:{port}: {status or body}"]
+        now = _down_by_url(body)
+        down = now if down is None else {target: now[target] for target in down if target in now}
+        if not down:
+            break
+    return problems + list((down or {}).values())

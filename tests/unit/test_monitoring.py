@@ -331,3 +331,44 @@ def test_an_exporters_503_is_asked_again_and_the_last_answer_counts() -> None:
     not_found = Host([404, 200])
     assert monitoring_checks.scrape(not_found, "http://10.0.0.1:9100/metrics", pause=0)[0] == 404
     assert not_found.asked == 1
+
+
+def test_a_target_is_reported_down_only_when_it_is_down_at_every_look() -> None:
+    """One scrape that timed out is not a down target: prometheus_problems looks again; a target down at every
+    look is reported with what the last look said, and a Prometheus that does not answer is reported at once."""
+    from types import SimpleNamespace
+
+    def targets(**health: str) -> str:
+        return json.dumps({"data": {"activeTargets": [
+            {"labels": {"job": "node", "host": name}, "scrapeUrl": f"http://{name}:9100/metrics",
+             "health": "down" if error else "up", "lastError": error}
+            for name, error in health.items()
+        ]}})  # fmt: skip
+
+    class Host:
+        def __init__(self, answers: list[str]) -> None:
+            self.answers, self.asked = answers, 0
+
+        def run(self, command: str) -> SimpleNamespace:
+            if command.startswith("ss "):
+                return SimpleNamespace(rc=0, stdout="LISTEN 0 4096 10.0.0.1:9090 0.0.0.0:*\n", stderr="")
+            answer = self.answers[min(self.asked, len(self.answers) - 1)]
+            self.asked += 1
+            return SimpleNamespace(rc=0, stdout=answer, stderr="")
+
+    variables = {"monitoring_server_listen_address": "10.0.0.1", "monitoring_server_port": 9090}
+    once = Host(["200\n" + targets(a="deadline exceeded", b=""), "200\n" + targets(a="", b="")])
+    assert monitoring_checks.prometheus_problems(once, variables, pause=0) == []
+    assert once.asked == 2
+    # b is down at one look only; a at all four, its last error is the one reported.
+    always = Host(["200\n" + targets(a="deadline exceeded", b="refused"), "200\n" + targets(a="refused", b=""),
+                   "200\n" + targets(a="refused", b="timeout"), "200\n" + targets(a="no route", b="")])  # fmt: skip
+    assert monitoring_checks.prometheus_problems(always, variables, pause=0) == [
+        "node target http://a:9100/metrics (host a) is down: no route"
+    ]
+    assert always.asked == 4
+    silent = Host(["503\n"])
+    assert monitoring_checks.prometheus_problems(silent, variables, pause=0) == [
+        "Prometheus does not answer at 10.0.0.1:9090: 503"
+    ]
+    assert silent.asked == 1
