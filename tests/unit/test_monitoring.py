@@ -308,27 +308,37 @@ def test_fetch_runs_through_a_shell_as_testinfra_runs_it() -> None:
         server.server_close()
 
 
+class ScriptedHost:
+    """A testinfra host whose GETs (FETCH's output) answer `answers` in turn, the last one repeating; `ss` answers
+    `ss_output`. `asked` counts the GETs."""
+
+    def __init__(self, answers: list[str], ss_output: str = "") -> None:
+        self.answers, self.ss_output, self.asked = answers, ss_output, 0
+
+    def run(self, command: str) -> Any:
+        from types import SimpleNamespace
+
+        if command.startswith("ss "):
+            return SimpleNamespace(rc=0, stdout=self.ss_output, stderr="")
+        answer = self.answers[min(self.asked, len(self.answers) - 1)]
+        self.asked += 1
+        return SimpleNamespace(rc=0, stdout=answer, stderr="")
+
+
 def test_an_exporters_503_is_asked_again_and_the_last_answer_counts() -> None:
     """node exporter answers 503 while its limit of scrapes is in flight: `scrape` asks again, a bounded number
     of times, and reports what the last try got."""
-    from types import SimpleNamespace
 
-    class Host:
-        def __init__(self, statuses: list[int]) -> None:
-            self.statuses, self.asked = statuses, 0
+    def answering(statuses: list[int]) -> ScriptedHost:
+        return ScriptedHost([f"{status}\nbody {status}" for status in statuses])
 
-        def run(self, command: str) -> SimpleNamespace:
-            status = self.statuses[min(self.asked, len(self.statuses) - 1)]
-            self.asked += 1
-            return SimpleNamespace(rc=0, stdout=f"{status}\nbody {status}", stderr="")
-
-    busy_then_free = Host([503, 503, 200])
+    busy_then_free = answering([503, 503, 200])
     assert monitoring_checks.scrape(busy_then_free, "http://10.0.0.1:9100/metrics", pause=0) == (200, "body 200")
     assert busy_then_free.asked == 3
-    always_busy = Host([503])
+    always_busy = answering([503])
     assert monitoring_checks.scrape(always_busy, "http://10.0.0.1:9100/metrics", tries=4, pause=0)[0] == 503
     assert always_busy.asked == 4
-    not_found = Host([404, 200])
+    not_found = answering([404, 200])
     assert monitoring_checks.scrape(not_found, "http://10.0.0.1:9100/metrics", pause=0)[0] == 404
     assert not_found.asked == 1
 
@@ -336,7 +346,6 @@ def test_an_exporters_503_is_asked_again_and_the_last_answer_counts() -> None:
 def test_a_target_is_reported_down_only_when_it_is_down_at_every_look() -> None:
     """One scrape that timed out is not a down target: prometheus_problems looks again; a target down at every
     look is reported with what the last look said, and a Prometheus that does not answer is reported at once."""
-    from types import SimpleNamespace
 
     def targets(**health: str) -> str:
         return json.dumps({"data": {"activeTargets": [
@@ -345,29 +354,23 @@ def test_a_target_is_reported_down_only_when_it_is_down_at_every_look() -> None:
             for name, error in health.items()
         ]}})  # fmt: skip
 
-    class Host:
-        def __init__(self, answers: list[str]) -> None:
-            self.answers, self.asked = answers, 0
-
-        def run(self, command: str) -> SimpleNamespace:
-            if command.startswith("ss "):
-                return SimpleNamespace(rc=0, stdout="LISTEN 0 4096 10.0.0.1:9090 0.0.0.0:*\n", stderr="")
-            answer = self.answers[min(self.asked, len(self.answers) - 1)]
-            self.asked += 1
-            return SimpleNamespace(rc=0, stdout=answer, stderr="")
+    def prometheus_answering(answers: list[str]) -> ScriptedHost:
+        return ScriptedHost(answers, ss_output="LISTEN 0 4096 10.0.0.1:9090 0.0.0.0:*\n")
 
     variables = {"monitoring_server_listen_address": "10.0.0.1", "monitoring_server_port": 9090}
-    once = Host(["200\n" + targets(a="deadline exceeded", b=""), "200\n" + targets(a="", b="")])
+    once = prometheus_answering(["200\n" + targets(a="deadline exceeded", b=""), "200\n" + targets(a="", b="")])
     assert monitoring_checks.prometheus_problems(once, variables, pause=0) == []
     assert once.asked == 2
     # b is down at one look only; a at all four, its last error is the one reported.
-    always = Host(["200\n" + targets(a="deadline exceeded", b="refused"), "200\n" + targets(a="refused", b=""),
-                   "200\n" + targets(a="refused", b="timeout"), "200\n" + targets(a="no route", b="")])  # fmt: skip
+    always = prometheus_answering([
+        "200\n" + targets(a="deadline exceeded", b="refused"), "200\n" + targets(a="refused", b=""),
+        "200\n" + targets(a="refused", b="timeout"), "200\n" + targets(a="no route", b=""),
+    ])  # fmt: skip
     assert monitoring_checks.prometheus_problems(always, variables, pause=0) == [
         "node target http://a:9100/metrics (host a) is down: no route"
     ]
     assert always.asked == 4
-    silent = Host(["503\n"])
+    silent = prometheus_answering(["503\n"])
     assert monitoring_checks.prometheus_problems(silent, variables, pause=0) == [
         "Prometheus does not answer at 10.0.0.1:9090: 503"
     ]
