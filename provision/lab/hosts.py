@@ -196,6 +196,7 @@ def restart(name: str, log: Log, data_disk: bool = True) -> None:
         memory_mib=int(saved["memory_mib"]),
         cpus=int(saved["cpus"]),
         accel=saved["accel"],
+        tcg_cpu=saved.get("tcg_cpu", VmSpec.tcg_cpu),  # a VM started before the model was recorded
     )
     vm.shutdown()
     if not data_disk:
