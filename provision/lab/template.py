@@ -44,6 +44,12 @@ def _accel(d: LabDirs, image: BaseImage, log: Log) -> str:
         return forced
     if not os.access("/dev/kvm", os.R_OK | os.W_OK):
         return "tcg"
+    if not _hardware_virtualization():
+        # A /dev/kvm without VT-x or AMD-V under it (a software module, as on the test machines) boots a guest far
+        # slower than TCG: the probe below would spend its whole 90 s and a core and a half finding that out
+        # (s36: 131 CPU-s of the suite's first `lab up` on an empty cache).
+        log("KVM: this CPU offers no hardware virtualization (no vmx or svm flag); using TCG emulation")
+        return "tcg"
     key = hashlib.sha256(f"{_qemu_version()} {os.uname().release} {image.directory.name}".encode()).hexdigest()[:16]
     verdict_file = d.cache / "accel" / key
     if verdict_file.exists():
@@ -67,6 +73,16 @@ def _accel(d: LabDirs, image: BaseImage, log: Log) -> str:
     verdict_file.parent.mkdir(parents=True, exist_ok=True)
     verdict_file.write_text(verdict + "\n")
     return verdict
+
+
+def _hardware_virtualization(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """Whether the CPU has VT-x or AMD-V, which KVM needs to run guests at native speed."""
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        return True  # unknown: let the probe decide
+    flags = {flag for line in text.splitlines() if line.startswith("flags") for flag in line.split(":", 1)[1].split()}
+    return bool(flags & {"vmx", "svm"})
 
 
 def _ensure_template(d: LabDirs, image: BaseImage, spec: VmSpec, log: Log) -> Path:
