@@ -57,11 +57,10 @@ prepare_pid=$!
 # The linters and the unit, meta and golden tests run beside the lanes (their output after the lanes'): they keep
 # about a third of one core busy for 3-4 minutes (most of it is their subprocesses' and sockets' waits), which
 # delayed the lanes' start by as long when they ran first (s35: 4 min 31 s of a 38-minute suite).
-( bash scripts/lint.sh >"$shared/lint.log" 2>&1; echo $? >"$shared/lint.rc" ) &
+bash scripts/lint.sh >"$shared/lint.log" 2>&1 &
 lint_pid=$!
 pytest -ra --durations=10 -p no:cacheprovider tests/unit tests/meta tests/golden >"$shared/unit.log" 2>&1 &
 unit_pid=$!
-lab_started=$(date +%s)
 if ! wait "$lab_pid"; then
     cat "$shared/lab-up.log" >&2
     echo "the session lab did not start" >&2
@@ -83,11 +82,12 @@ wait "$unit_pid" || rc=$?
 unit_pid=""
 echo "== unit, meta and golden tests"
 cat "$shared/unit.log"
-wait "$lint_pid" || true
+lint_rc=0
+wait "$lint_pid" || lint_rc=$?
 lint_pid=""
 echo "== lint"
 cat "$shared/lint.log"
-[ "$(cat "$shared/lint.rc" 2>/dev/null)" = 0 ] || { echo "lint failed" >&2; rc=1; }
+[ "$lint_rc" -eq 0 ] || { echo "lint failed" >&2; rc=1; }
 if ! wait "$prepare_pid"; then  # a module that needed what it did not make made it itself, or failed saying why
     echo "== preparing the lab's flavors failed:"
     cat "$shared/prepare.log"
