@@ -28,7 +28,7 @@ def listen_problems(ss_output: str, name: str, address: str, port: int) -> list[
     return []
 
 
-def _down_by_url(api_answer: str) -> dict[str, str]:
+def targets_down(api_answer: str) -> dict[str, str]:
     """From Prometheus's /api/v1/targets: each active target that is not up, by its scrape URL, with its job, host
     and error."""
     targets = json.loads(api_answer)["data"]["activeTargets"]
@@ -38,11 +38,6 @@ def _down_by_url(api_answer: str) -> dict[str, str]:
         for t in targets
         if t["health"] != "up"
     }
-
-
-def targets_down(api_answer: str) -> list[str]:
-    """From Prometheus's /api/v1/targets: each active target that is not up, with its job, host and error."""
-    return list(_down_by_url(api_answer).values())
 
 
 FETCH = (
@@ -109,7 +104,7 @@ def prometheus_problems(host: Any, variables: Mapping[str, Any], looks: int = 4,
         status, body = fetch(host, url)
         if status != 200:
             return [*problems, f"Prometheus does not answer at {bracketed(address)}:{port}: {status or body}"]
-        now = _down_by_url(body)
+        now = targets_down(body)
         down = now if down is None else {target: now[target] for target in down if target in now}
         if not down:
             break

@@ -215,9 +215,11 @@ def test_targets_down_names_job_host_and_error() -> None:
         {"labels": {"job": "inference", "host": "lab1"}, "scrapeUrl": "http://127.0.0.1:8001/metrics",
          "health": "down", "lastError": "connection refused"},
     ]}}  # fmt: skip
-    assert monitoring_checks.targets_down(json.dumps(answer)) == [
-        "inference target http://127.0.0.1:8001/metrics (host lab1) is down: connection refused"
-    ]
+    assert monitoring_checks.targets_down(json.dumps(answer)) == {
+        "http://127.0.0.1:8001/metrics": (
+            "inference target http://127.0.0.1:8001/metrics (host lab1) is down: connection refused"
+        )
+    }
 
 
 # ---- the gateway refuses /metrics and the admin routes; stub_status on loopback (real nginx) ---------------
