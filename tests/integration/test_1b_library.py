@@ -1,5 +1,8 @@
 """A run through the library alone (scripts/run_play.py: provision.play, no Click) gets the outcome `provision up`
-gets on the same hosts: the exit code, the failed and the unreachable hosts."""
+gets on the same hosts: the exit code, the failed and the unreachable hosts.
+
+The CLI's run here is also the suite's check that an unreachable host gets its own exit code (4) while the
+reachable one converges without failing: one run for both (test_1 had an identical run of its own)."""
 
 from __future__ import annotations
 
