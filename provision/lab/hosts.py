@@ -45,7 +45,7 @@ from provision.lab.state import (
     dirs,
     private_address,
 )
-from provision.lab.template import APPEND, BOOT_TIMEOUT, DATA_DISK_SIZE, _accel, _ensure_template
+from provision.lab.template import BOOT_TIMEOUT, DATA_DISK_SIZE, _accel, _ensure_template, kernel_args
 
 DEFAULT_BASE_PORT = 2201
 RESUME_TIMEOUT = 120.0
@@ -161,7 +161,7 @@ def prepare(log: Log, flavor: str = "plain") -> tuple[VmSpec, Path]:
     d = dirs()
     image = ensure_base_image(d.cache, log, flavor)
     accel = _accel(d, image, log)
-    append = " ".join(filter(None, [APPEND, FLAVORS[flavor].append]))
+    append = kernel_args(accel, FLAVORS[flavor].append)
     spec = VmSpec(kernel=image.kernel, initrd=image.initrd, append=append, accel=accel, cpus=_cpus(flavor))
     return spec, _ensure_template(d, image, spec, log)
 

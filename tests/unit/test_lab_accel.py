@@ -1,4 +1,5 @@
-"""The lab's choice between KVM and TCG: a /dev/kvm without hardware virtualization under it is not probed."""
+"""The lab's choice between KVM and TCG: a /dev/kvm without hardware virtualization under it is not probed; the
+kernel command line that goes with each."""
 
 from pathlib import Path
 
@@ -35,3 +36,10 @@ def test_a_kvm_device_without_hardware_virtualization_gives_tcg_without_a_probe(
     assert verdict == "tcg"
     assert lines == ["KVM: this CPU offers no hardware virtualization (no vmx or svm flag); using TCG emulation"]
     assert not (tmp_path / "cache").exists()  # nothing cached: the flags are read again each time, cheaply
+
+
+def test_speculation_defences_are_off_under_tcg_only_and_a_flavor_adds_its_arguments_last() -> None:
+    tcg = template.kernel_args("tcg", "security=selinux selinux=1").split()
+    assert tcg[: len(template.APPEND.split())] == template.APPEND.split()
+    assert tcg[-3:] == ["mitigations=off", "security=selinux", "selinux=1"]
+    assert template.kernel_args("kvm") == template.APPEND  # under KVM the guest's defences are real: kept
