@@ -430,6 +430,11 @@ SLOW_SITE = """\
   hosts: all
   gather_facts: false
   tasks:
+    - name: Wait until the test lets the run go on
+      ansible.builtin.wait_for:
+        path: "{{ release }}"
+        timeout: 120
+      when: release is defined
     - name: Sleep
       ansible.builtin.command: sleep {{ nap | default(0) }}
       changed_when: false
@@ -446,26 +451,35 @@ def test_a_second_up_on_a_busy_host_waits_for_the_first_and_no_lock_outlives_a_r
     def start(*more: str) -> subprocess.Popen[str]:
         return subprocess.Popen([*up, *more], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
-    first = start("-e", "nap=8")
-    started = time.monotonic()
-    deadline = started + 60
+    # The first run holds its lock until the test creates `release` (its task waits for the file): the checks
+    # below happen while it runs however slowly a loaded machine starts the others (a fixed 8 s nap ran out
+    # before a --check run beside the suite's lanes had ended, s38).
+    release = home / "release"
+    first = start("-e", f"release={release}")
+    deadline = time.monotonic() + 60
     locks = Path(os.environ["PROVISION_LOCK_DIR"])
     while f'"pid": {first.pid},' not in "".join(p.read_text() for p in locks.glob("*.lock")):
         assert first.poll() is None and time.monotonic() < deadline, "the first run never took its lock"
         time.sleep(0.1)
-    second = start()
+    second_errors = home / "second.err"
+    with second_errors.open("w") as stderr:
+        second = subprocess.Popen(up, env=env, stdout=subprocess.PIPE, stderr=stderr, text=True)
     # --check changes nothing, so it may look while the first run goes on.
-    looking = subprocess.run([*up, "--check"], env=env, capture_output=True, text=True, timeout=60, check=False)
+    looking = subprocess.run([*up, "--check"], env=env, capture_output=True, text=True, timeout=120, check=False)
     assert looking.returncode == 0 and first.poll() is None, looking.stdout + looking.stderr
-    second_out, second_err = second.communicate(timeout=120)
-    second_done = time.monotonic()
+    deadline = time.monotonic() + 120
+    while "waiting for it to end" not in second_errors.read_text():
+        assert second.poll() is None and time.monotonic() < deadline, "the second run never said it waits"
+        time.sleep(0.1)
+    assert first.poll() is None and second.poll() is None, "a run ended while the first held the host"
+    release.touch()
+    second_out, _ = second.communicate(timeout=120)
     first.communicate(timeout=60)
-    assert first.returncode == 0 and second.returncode == 0, second_out + second_err
-    (line,) = second_err.splitlines()
+    assert first.returncode == 0 and second.returncode == 0, second_out + second_errors.read_text()
+    (line,) = second_errors.read_text().splitlines()
     assert line.startswith("provision: local1 (local1:22) is being provisioned by another run: ")
-    assert f"pid {first.pid}," in line and "-e nap=8" in line
+    assert f"pid {first.pid}," in line and f"-e release={release}" in line
     assert line.endswith("waiting for it to end (Ctrl-C to give up)")
-    assert second_done - started >= 8, "the second run ended before the first one's 8 s task could"
 
     # A run stopped by Ctrl-C leaves no lock behind: the next one goes straight on.
     interrupted = start("-e", "nap=60")
