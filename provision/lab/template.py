@@ -68,8 +68,8 @@ def _accel(d: LabDirs, image: BaseImage, log: Log) -> str:
     log("checking whether KVM boots a guest on this machine (once)")
     verdict = "tcg"
     with tempfile.TemporaryDirectory(prefix="kvm-probe-", dir=d.cache) as tmp:
-        vm = Vm("kvm-probe", Path(tmp), VmSpec(image.kernel, image.initrd, APPEND, accel="kvm"), _free_port(),
-                Path(tmp) / "disk.qcow2", None)  # fmt: skip
+        spec = VmSpec(image.kernel, image.initrd, kernel_args("kvm"), accel="kvm")
+        vm = Vm("kvm-probe", Path(tmp), spec, _free_port(), Path(tmp) / "disk.qcow2", None)
         create_overlay(vm.disk, image.disk)
         try:
             vm.start()
