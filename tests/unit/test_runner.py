@@ -17,7 +17,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import pytest
 import terminal as terminal_io
@@ -448,8 +448,8 @@ def test_a_second_up_on_a_busy_host_waits_for_the_first_and_no_lock_outlives_a_r
     env = {**os.environ, "PROVISION_HOME": str(home)}
     up = [sys.executable, "-m", "provision", "up", "-i", str(local_inventory)]
 
-    def start(*more: str) -> subprocess.Popen[str]:
-        return subprocess.Popen([*up, *more], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    def start(*more: str, stderr: IO[str] | int = subprocess.PIPE) -> subprocess.Popen[str]:
+        return subprocess.Popen([*up, *more], env=env, stdout=subprocess.PIPE, stderr=stderr, text=True)
 
     # The first run holds its lock until the test creates `release` (its task waits for the file): the checks
     # below happen while it runs however slowly a loaded machine starts the others (a fixed 8 s nap ran out
@@ -463,7 +463,7 @@ def test_a_second_up_on_a_busy_host_waits_for_the_first_and_no_lock_outlives_a_r
         time.sleep(0.1)
     second_errors = home / "second.err"
     with second_errors.open("w") as stderr:
-        second = subprocess.Popen(up, env=env, stdout=subprocess.PIPE, stderr=stderr, text=True)
+        second = start(stderr=stderr)
     # --check changes nothing, so it may look while the first run goes on.
     looking = subprocess.run([*up, "--check"], env=env, capture_output=True, text=True, timeout=120, check=False)
     assert looking.returncode == 0 and first.poll() is None, looking.stdout + looking.stderr
