@@ -1,9 +1,10 @@
 """The demo server's container image, made without any registry: a Debian rootfs tarball for `docker import`.
 
-mmdebstrap builds a minimal bookworm (the essential packages plus python3) with provision/demo_server.py
-as /usr/local/bin/provision-demo-server, trims documentation and locales, and writes a tar.  The tar is
-cached by a hash of its recipe (the server's source included), and the image tag is that hash, so a
-changed server is a new image and an unchanged one is never imported twice.
+mmdebstrap extracts Debian's python3.11 and its standard library with their dependencies (no shell, no apt:
+the server needs neither), adds provision/demo_server.py as /usr/local/bin/provision-demo-server, the users
+`USER nobody` needs, bytecode for the modules the server imports, trims documentation and locales, and writes
+a tar.  The tar is cached by a hash of its recipe (the server's source included), and the image tag is that
+hash, so a changed server is a new image and an unchanged one is never imported twice.
 """
 
 from __future__ import annotations
@@ -22,17 +23,26 @@ from provision.lab.qemu import require_tool
 NAME = "provision-demo"
 SERVER_PATH = "/usr/local/bin/provision-demo-server"
 CONTAINER_PORT = 8000
-PACKAGES = ("python3",)
-# What the server never uses: documentation, locales, perl (pulled in by package scripts), iconv modules,
-# python's bytecode caches and test suite.  Halves the tarball, and `docker import` under TCG with it.
+# Extracted, not installed (mmdebstrap's "extract" variant): no maintainer script runs, so no shell or dpkg is
+# needed in the image. The essential set (s38: a 77 MB tar) took 19 s to copy and 36 s to `docker import` under
+# TCG in the suite's serving module; this one is about half of it, and builds in seconds instead of ~100 s.
+PACKAGES = ("python3.11-minimal", "libpython3.11-stdlib")
+# Run from the build host on the unpacked root ("$1"): documentation, locales, iconv modules and python's test
+# suite, which the server never uses; then the python3 name of the ENTRYPOINT, and the users of `USER nobody`.
 TRIM = " ".join(
     [
-        "rm -rf /usr/share/doc /usr/share/man /usr/share/info /usr/share/locale /var/cache/apt /var/lib/apt/lists",
-        "/usr/share/perl /usr/lib/x86_64-linux-gnu/perl /usr/lib/x86_64-linux-gnu/libperl.so*",
-        "/usr/lib/x86_64-linux-gnu/gconv /usr/lib/python3.11/test /usr/lib/python3.11/pydoc_data",
-        "&& find /usr -name __pycache__ -prune -exec rm -rf {} +",
+        'cd "$1" && rm -rf usr/share/doc usr/share/man usr/share/info usr/share/locale var/cache/apt var/lib/apt',
+        "usr/lib/x86_64-linux-gnu/gconv usr/lib/python3.11/test usr/lib/python3.11/pydoc_data",
+        "&& ln -s python3.11 usr/bin/python3",
+        "&& printf 'root:x:0:0:root:/root:/usr/sbin/nologin\\n' >etc/passwd",
+        "&& printf 'nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\\n' >>etc/passwd",
+        "&& printf 'root:x:0:\\nnogroup:x:65534:\\n' >etc/group",
     ]
 )
+# The container runs as nobody, who cannot write to /usr: it leaves no bytecode, so without any each replica's start
+# compiled the modules the server imports again (2.3 s against 0.6 s of emulated CPU in a lab VM). Importing them
+# once here, as --help does, writes theirs (and only theirs).
+BYTECODE = f'env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin chroot "$1" /usr/bin/python3.11 {SERVER_PATH} --help >/dev/null'
 # docker import --change lines: what a Dockerfile would have said.
 CHANGES = (
     f'ENTRYPOINT ["python3", "-u", "{SERVER_PATH}"]',
@@ -60,10 +70,11 @@ class DemoImage:
 
 def recipe() -> dict:
     return {
-        "version": 1,
+        "version": 2,
         "suite": SUITE,
         "packages": list(PACKAGES),
         "trim": TRIM,
+        "bytecode": BYTECODE,
         "changes": list(CHANGES),
         "server": hashlib.sha256(Path(demo_server.__file__).read_bytes()).hexdigest(),
     }
@@ -95,11 +106,13 @@ def _build(image: DemoImage, log: Callable[[str], None]) -> None:
             [
                 "mmdebstrap",
                 "--quiet",
-                "--variant=essential",
+                "--variant=extract",
                 "--include=" + ",".join(PACKAGES),
-                f"--customize-hook=upload {demo_server.__file__} {SERVER_PATH}",
-                f'--customize-hook=chmod 0755 "$1{SERVER_PATH}"',
-                f'--customize-hook=chroot "$1" sh -c "{TRIM}"',
+                f'--extract-hook=mkdir -p "$1{Path(SERVER_PATH).parent}"',
+                f"--extract-hook=upload {demo_server.__file__} {SERVER_PATH}",
+                f'--extract-hook=chmod 0755 "$1{SERVER_PATH}"',
+                f"--extract-hook={TRIM}",
+                f"--extract-hook={BYTECODE}",
                 SUITE,
                 str(partial),
                 f"deb {MIRROR} {SUITE} main",
