@@ -85,7 +85,7 @@ def recipe_hash() -> str:
 
 
 def ensure_demo_image(cache_dir: Path, log: Callable[[str], None]) -> DemoImage:
-    """The cached rootfs tarball for the current recipe, built first if needed (~30 s)."""
+    """The cached rootfs tarball for the current recipe, built first if needed (seconds)."""
     tag = recipe_hash()
     image = DemoImage(cache_dir / "demo-images" / f"{NAME}-{tag}.tar", f"{NAME}:{tag}")
     if image.archive.exists():
