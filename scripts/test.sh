@@ -18,13 +18,13 @@ fi
 
 # Two lanes on one lab (under their load an emulated guest may answer SSH later than Ansible's default 10 s: the
 # lab inventory allows 60). Lane B holds modules that work on VMs of their own flavors (lab3 and up); lane A the
-# rest: those on the session lab (lab1, lab2), and test_4b (lab4), which evens out the lanes' times. Each module
+# rest: those on the session lab (lab1, lab2), and test_4b (lab4) and test_6b (lab6), which even out the lanes'
+# times (test_5c_rolling's three VMs made lane B the longer one, s40). Each module
 # mostly waits on one guest under TCG, so two lanes keep both cores busy. Each VM of another flavor has its own
 # name (tests/integration/labtools.py), so the lanes never race for one. The session lab is started here, while
 # the unit tests run, and stopped after both lanes.
 LANE_B=(tests/integration/test_4_security.py tests/integration/test_5_serving.py tests/integration/test_5a_monitoring.py
-        tests/integration/test_5b_nvidia_toolkit.py
-        tests/integration/test_6b_nvidia_driver.py)
+        tests/integration/test_5b_nvidia_toolkit.py tests/integration/test_5c_rolling.py)
 started=$(date +%s)
 shared=$(mktemp -d -t provision-suite.XXXXXX)
 export PROVISION_TEST_SHARED_LAB="$shared"

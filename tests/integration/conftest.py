@@ -44,6 +44,7 @@ LATER_IMAGES = {
     "test_4b_selinux.py": ("selinux",),
     "test_5_serving.py": ("docker", "demo"),
     "test_5a_monitoring.py": ("docker", "demo"),
+    "test_5c_rolling.py": ("docker", "demo"),
     "test_6b_nvidia_driver.py": ("nvidia",),
 }
 _wanted_images: list[str] = []
@@ -141,8 +142,8 @@ def docker_host(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> str:
     """DOCKER_HOST, a lab VM of the docker flavor, started next to whatever the session lab already runs.
 
     Each module that starts VMs of its own flavor names them (labtools: lab3 oci, lab4 selinux, lab5 docker, lab6
-    nvidia, lab7 the watched plain VM), so the two lanes of scripts/test.sh never race for a name.  Only this
-    host is added to the session inventory.
+    nvidia, lab7 the watched plain VM, lab8 and lab9 docker for test_5c_rolling), so the two lanes of
+    scripts/test.sh never race for a name.  Only this host is added to the session inventory.
     """
     hosts_file = lab.inventory / "hosts.yml"
     running = yaml.safe_load(hosts_file.read_text())["all"]["children"]["lab"]["hosts"]

@@ -25,6 +25,7 @@ BASE_PORT = 2311
 SESSION_HOSTS = ("lab1", "lab2")  # the session lab (conftest.py); modules add lab3.. of other flavors
 # The serving host's inventory (conftest.py's serving fixture), shared by test_5_serving and test_5a_monitoring.
 DOCKER_HOST = "lab5"  # the docker-flavor VM (conftest.py's docker_host); lab3, lab4, lab6: test_4, test_4b, test_6b
+# lab8, lab9: test_5c_rolling's docker-flavor VMs
 WATCHED = "lab7"  # a plain VM the docker host's Prometheus scrapes
 CLIENT = "/tmp/llm_client.py"
 SERVING_TAGS = "container_runtime,inference,nginx,monitoring"
