@@ -13,7 +13,8 @@ checks the config and a reload marks their replicas `down`, so new requests go t
 workers finish the streams in flight; the role then waits until nginx holds no connection to the drained
 replicas, at most the drain timeout. The batch's own run gets the same list, so a gateway in the batch keeps them
 drained. After the batch (its health gates are part of its run) the gateways are converged again with only the
-failed hosts drained: the others rejoin, a failed host stays out and is reported.
+failed hosts drained, and the next batch's hosts: the others rejoin, a failed host stays out and is reported, and
+the next batch leaves in the same reload (one gateway run between two batches, not two).
 
 A batch fails when its failed (or unreachable) hosts are more than max_fail_percentage of it, Ansible's rule:
 exceeding the percentage fails, equalling it does not. A failed batch stops the run. A stop signal (Ctrl-C,
@@ -230,17 +231,19 @@ def run(
             note(line)
         return replace(outcome, failed=tuple(failed), stats={**stats, **outcome.stats}, message=message)
 
+    predrained = False  # the batch's hosts were drained by the gateway run that rejoined the batch before it
     with stop_signals() as stopped:
         for number, batch in enumerate(planned, 1):
             label = f"batch {number}/{total}"
             later = [host for later_batch in planned[number:] for host in later_batch]
-            if stopped.signum is not None:
-                return stop(_stopped(stopped.signum), _stop_message(stopped.signum), [*batch, *later], drained)
-            note(f"{label}: {', '.join(batch)}; start {stamp()}")
             # In check mode nothing is drained (the nginx role would show every batch's hosts going down).
             in_front = gateways_in_front(inv, batch) if not request.check else ()
             down = list(dict.fromkeys([*drained, *batch])) if not request.check else []
-            if in_front:
+            if stopped.signum is not None:
+                left = down if predrained else drained
+                return stop(_stopped(stopped.signum), _stop_message(stopped.signum), [*batch, *later], left)
+            note(f"{label}: {', '.join(batch)}; start {stamp()}")
+            if in_front and not predrained:
                 note(f"{label}: draining {', '.join(batch)} on {', '.join(in_front)} (up to {batches.drain_timeout} s)")
                 drain = converge_gateways(batch, down, batches.drain_timeout)
                 if drain.code is not ExitCode.OK:
@@ -267,16 +270,32 @@ def run(
             failed += [host for host in batch if host in broke]
             done += [host for host in batch if host not in broke]
             drained = [host for host in down if host in failed]
-            if in_front:
-                rejoined = [host for host in batch if host not in broke]
-                note(f"{label}: rejoining {', '.join(rejoined) or 'none'} on {', '.join(in_front)}")
-                rejoin = converge_gateways(batch, drained, 0)
-                if rejoin.code is not ExitCode.OK:
-                    why = f"rejoining {', '.join(batch)} failed: {rejoin.message}"
-                    message = rejoin.message if rejoin.signal else why
-                    return stop(rejoin, message, later, down)
+            over_budget = too_many_failed(len(batch), len(broke), batches.max_fail_percentage)
+            # The next batch leaves the gateways in the same reload that rejoins this one: one gateway run between
+            # two batches, not two (each is a playbook run on every gateway in front).
+            upcoming = planned[number] if number < total and not over_budget else ()
+            next_front = gateways_in_front(inv, upcoming) if upcoming and not request.check else ()
+            next_down = list(dict.fromkeys([*drained, *upcoming])) if next_front else drained
+            if in_front or next_front:
+                rejoined = ", ".join(host for host in batch if host not in broke) or "none"
+                said = [f"{label}: rejoining {rejoined} on {', '.join(in_front)}"] if in_front else []
+                if next_front:
+                    said.append(
+                        f"batch {number + 1}/{total}: draining {', '.join(upcoming)} on {', '.join(next_front)} "
+                        f"(up to {batches.drain_timeout} s)"
+                    )
+                note("; ".join(said))
+                wait = batches.drain_timeout if next_front else 0
+                gateways = converge_gateways([*batch, *upcoming], next_down, wait)
+                if gateways.code is not ExitCode.OK:
+                    what = [f"rejoining {', '.join(batch)}"] if in_front else []
+                    what += [f"draining {', '.join(upcoming)}"] if next_front else []
+                    why = f"{' and '.join(what)} failed: {gateways.message}"
+                    message = gateways.message if gateways.signal else why
+                    return stop(gateways, message, later, list(dict.fromkeys([*down, *next_down])))
+            predrained = bool(next_front)
             note(f"{label}: end {stamp()}" + (f"; failed: {', '.join(sorted(broke))}" if broke else ""))
-            if too_many_failed(len(batch), len(broke), batches.max_fail_percentage):
+            if over_budget:
                 share = f"{len(broke)} of {len(batch)}, more than the {batches.max_fail_percentage}% allowed"
                 message = f"{label} failed on {', '.join(sorted(broke))} ({share})"
                 message += f"; stopped before {len(later)} more" if later else ""

@@ -15,6 +15,7 @@ from provision import batches, play
 from provision.batches import Batches, Report
 from provision.errors import ExitCode, UsageError
 from provision.inventory import Inventory
+from provision.play import PlayOutcome
 from provision.runner import RunRequest
 
 Write = Callable[[str, str], Path]
@@ -136,7 +137,7 @@ SERVING = """\
     - name: Wait as long as a slow drain would
       ansible.builtin.command: sleep 60
       changed_when: false
-      when: nginx_drain_timeout | int == 99
+      when: nginx_drain_timeout | int == 99 and slow in nginx_upstream_drained
       tags: [nginx]
 """
 
@@ -160,14 +161,15 @@ def test_a_rolling_run_drains_runs_and_rejoins_each_batch_and_stops_at_a_failed_
     assert log.read_text().splitlines() == [
         "nginx a down=a wait=5",  # batch 1 (a, the gateway itself): drained on its own upstream
         "site a down=a",  # its own run keeps it drained
-        "nginx a down= wait=0",  # rejoined
-        "nginx a down=b wait=5",  # batch 2
+        "nginx a down=b wait=5",  # a rejoined, and batch 2 (b) drained, in one gateway run
         "site b down=b",
         "nginx a down=b wait=0",  # b failed: it stays out
     ]  # and c never ran
     assert (outcome.code, outcome.failed) == (ExitCode.FAILED, ("b",))
     assert outcome.message == "batch 2/3 failed on b (1 of 1, more than the 0% allowed); stopped before 1 more"
     assert notes[0].startswith("batch 1/3: a; start ") and any(n.startswith("batch 1/3: end ") for n in notes)
+    assert "batch 1/3: rejoining a on a; batch 2/3: draining b on a (up to 5 s)" in notes, notes
+    assert "batch 2/3: rejoining none on a" in notes, notes  # b failed; c is not drained: the run stops
     assert notes[-4:] == [
         "done: a",
         "failed: b",
@@ -178,13 +180,16 @@ def test_a_rolling_run_drains_runs_and_rejoins_each_batch_and_stops_at_a_failed_
     assert set(outcome.stats) == {"a", "b"}
 
 
-def test_ctrl_c_during_a_drain_names_the_hosts_left_drained_and_how_to_rejoin(write: Write, tmp_path: Path) -> None:
+def ctrl_c_in_a_slow_drain(write: Write, tmp_path: Path, slow: str) -> tuple[Path, PlayOutcome, list[str], float]:
+    """A rolling run of a (the gateway) and b, one per batch, with a 99 s drain timeout; the drain that has `slow`
+    among the drained hosts waits 60 s, and Ctrl-C comes 3 s into it: (inventory, outcome, notes, seconds)."""
     project = write("project/site.yml", SITE).parent
     write("project/serving.yml", SERVING)
     local = f"ansible_connection: local, ansible_python_interpreter: {sys.executable}"
     inventory = write(
         "hosts.yml",
-        f"all:\n  vars: {{log: {tmp_path / 'calls.log'}}}\n  hosts:\n    a: {{{local}}}\n    b: {{{local}}}\n"
+        f"all:\n  vars: {{log: {tmp_path / 'calls.log'}, slow: {slow}}}\n"
+        f"  hosts:\n    a: {{{local}}}\n    b: {{{local}}}\n"
         "  children:\n    gateway:\n      hosts:\n        a: {nginx_upstream_group: inference}\n"
         "    inference:\n      hosts: {a: null, b: null}\n",
     )
@@ -192,12 +197,17 @@ def test_ctrl_c_during_a_drain_names_the_hosts_left_drained_and_how_to_rejoin(wr
 
     def note(text: str) -> None:
         notes.append(text)
-        if "draining" in text:  # Ctrl-C while the gateway's drain waits
+        if f"draining {slow}" in text:
             threading.Timer(3, os.kill, (os.getpid(), signal.SIGINT)).start()
 
     started = time.monotonic()
     outcome = batches.run(RunRequest(inventory=inventory, project_dir=project), Batches(("1",), 0, 99), note=note)
-    assert time.monotonic() - started < 45, "the 60 s drain must have been cut short"
+    return inventory, outcome, notes, time.monotonic() - started
+
+
+def test_ctrl_c_during_a_drain_names_the_hosts_left_drained_and_how_to_rejoin(write: Write, tmp_path: Path) -> None:
+    inventory, outcome, notes, seconds = ctrl_c_in_a_slow_drain(write, tmp_path, "a")
+    assert seconds < 45, "the 60 s drain must have been cut short"
     assert outcome.code is ExitCode.INTERRUPTED and outcome.signal == signal.SIGINT
     assert notes[-4:] == [
         "done: none",
@@ -208,6 +218,20 @@ def test_ctrl_c_during_a_drain_names_the_hosts_left_drained_and_how_to_rejoin(wr
     ]
     log = tmp_path / "calls.log"
     assert not log.exists() or "site" not in log.read_text(), "a batch ran after the stop"
+
+
+def test_ctrl_c_while_one_batch_rejoins_and_the_next_drains_names_both(write: Write, tmp_path: Path) -> None:
+    inventory, outcome, notes, _seconds = ctrl_c_in_a_slow_drain(write, tmp_path, "b")
+    assert outcome.code is ExitCode.INTERRUPTED and outcome.signal == signal.SIGINT
+    assert "batch 1/2: rejoining a on a; batch 2/2: draining b on a (up to 99 s)" in notes, notes
+    assert notes[-4:] == [
+        "done: a",
+        "failed: none",
+        "never touched: b",
+        f"still drained on a: a, b; `provision up` again finishes and rejoins them (`provision up -i {inventory} "
+        "--tags nginx --limit a` rejoins them as they are)",
+    ]
+    assert "site b" not in (tmp_path / "calls.log").read_text(), "a batch ran after the stop"
 
 
 def test_bad_input_stops_before_any_batch(write: Write) -> None:
