@@ -4,7 +4,8 @@ Hosts have python3 but not always curl; `provision test`, the integration tests 
 file to the host's python3 and read one JSON object from its output:
 
     stream URL [--tokens N]             time to first token, events and the gaps between them, total time
-    ttft URL [--repeat N] [--tokens N]  median/min/max time to first token over N streamed completions
+    ttft URL [--repeat N] [--tokens N]  median/min/max time to first token over N streamed completions, and how
+                                        many of them ended with [DONE] and status 200
     complete URL [--tokens N]           one non-streamed completion: status, the replica that answered
     websocket URL [--message TEXT]      websocket handshake status and the echoed message
     load URL --seconds S --requests N --concurrency C [--fresh]   non-streamed completions: rps, p50, p95, p99,
@@ -111,6 +112,7 @@ def ttft(url: str, repeat: int = 20, tokens: int = 8) -> dict[str, Any]:
         "min": min(firsts, default=None),
         "max": max(firsts, default=None),
         "median_total": statistics.median(r["total"] for r in runs),
+        "done": sum(1 for r in runs if r["done"] and r["status"] == 200),
     }
 
 
