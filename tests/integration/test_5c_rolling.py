@@ -29,6 +29,8 @@ import pytest
 import yaml
 from labtools import CLIENT, DOCKER_HOST, Lab, ServingRuns, add_host, phase, recap, start_named
 
+from provision.lab.state import private_address
+
 ROLLED = ("lab8", "lab9")  # docker-flavor VMs of this module (labtools: the names of the other modules' VMs)
 HOSTS = (DOCKER_HOST, *ROLLED)  # the batches, in the inventory's order
 TAGS = "container_runtime,inference,nginx"
@@ -199,7 +201,7 @@ def test_no_request_is_lost_and_every_stream_ends_during_the_roll(lab: Lab, roll
     traffic.check(at_least=100)
     # The gateway's nginx sent requests to every host's replica.
     log = lab.sh(DOCKER_HOST, "sudo cat /var/log/nginx/access.log")
-    for address in ("127.0.0.1:8000", "10.77.0.8:8000", "10.77.0.9:8000"):
+    for address in ("127.0.0.1:8000", *(f"{private_address(host)}:8000" for host in ROLLED)):
         assert f"upstream={address} " in log, address
 
 
@@ -230,7 +232,7 @@ def test_an_image_that_never_gets_healthy_stops_after_the_first_batch(lab: Lab, 
     result = json.loads(lab.sh(DOCKER_HOST, load).splitlines()[-1])
     assert result["ok"] == 20 and result["errors"] == 0, result
     served = set(re.findall(r"upstream=(\S+) ", lab.sh(DOCKER_HOST, "sudo cat /var/log/nginx/access.log")))
-    assert served == {"10.77.0.8:8000", "10.77.0.9:8000"}, served
+    assert served == {f"{private_address(host)}:8000" for host in ROLLED}, served
     # The report's command rejoins it as it is.
     rejoin = re.search(r"`(provision up -i \S+ --tags nginx --limit lab5)`", run.stderr)
     assert rejoin, run.stderr
