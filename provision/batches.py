@@ -14,7 +14,8 @@ workers finish the streams in flight; the role then waits until nginx holds no c
 replicas, at most the drain timeout. The batch's own run gets the same list, so a gateway in the batch keeps them
 drained. After the batch (its health gates are part of its run) the gateways are converged again with only the
 failed hosts drained, and the next batch's hosts: the others rejoin, a failed host stays out and is reported, and
-the next batch leaves in the same reload (one gateway run between two batches, not two).
+the next batch leaves in the same reload (one gateway run between two batches, not two; none after a batch
+whose every host failed when no batch follows, as it would change nothing).
 
 A batch fails when its failed (or unreachable) hosts are more than max_fail_percentage of it, Ansible's rule:
 exceeding the percentage fails, equalling it does not. A failed batch stops the run. A stop signal (Ctrl-C,
@@ -276,9 +277,11 @@ def run(
             upcoming = planned[number] if number < total and not over_budget else ()
             next_front = gateways_in_front(inv, upcoming) if upcoming and not request.check else ()
             next_down = list(dict.fromkeys([*drained, *upcoming])) if next_front else drained
-            if in_front or next_front:
-                rejoined = ", ".join(host for host in batch if host not in broke) or "none"
-                said = [f"{label}: rejoining {rejoined} on {', '.join(in_front)}"] if in_front else []
+            # No gateway run when it would change nothing: every host of the batch failed (they stay drained, as
+            # they were) and no batch follows.
+            rejoining = [host for host in batch if host not in broke] if in_front else []
+            if rejoining or next_front:
+                said = [f"{label}: rejoining {', '.join(rejoining)} on {', '.join(in_front)}"] if rejoining else []
                 if next_front:
                     said.append(
                         f"batch {number + 1}/{total}: draining {', '.join(upcoming)} on {', '.join(next_front)} "
@@ -288,7 +291,7 @@ def run(
                 wait = batches.drain_timeout if next_front else 0
                 gateways = converge_gateways([*batch, *upcoming], next_down, wait)
                 if gateways.code is not ExitCode.OK:
-                    what = [f"rejoining {', '.join(batch)}"] if in_front else []
+                    what = [f"rejoining {', '.join(rejoining)}"] if rejoining else []
                     what += [f"draining {', '.join(upcoming)}"] if next_front else []
                     why = f"{' and '.join(what)} failed: {gateways.message}"
                     message = gateways.message if gateways.signal else why
