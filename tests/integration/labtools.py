@@ -3,9 +3,11 @@ itself (running provision as a user does, on VMs apart from the user's lab) is t
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,6 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from provision.lab.qemu import qmp
 from testkit.lab import ROOT as ROOT
 from testkit.lab import Lab as Lab
 
@@ -27,7 +30,7 @@ SESSION_HOSTS = ("lab1", "lab2")  # the session lab (conftest.py); modules add l
 DOCKER_HOST = "lab5"  # the docker-flavor VM (conftest.py's docker_host); lab3, lab4, lab6: test_4, test_4b, test_6b
 # lab8, lab9: test_5c_rolling's docker-flavor VMs
 WATCHED = "lab7"  # a plain VM the docker host's Prometheus scrapes
-CLIENT = "/tmp/llm_client.py"
+CLIENT = "/tmp/llm_client.py"  # where the serving fixture puts provision/smoke/llm_client.py on the docker host
 SERVING_TAGS = "container_runtime,inference,nginx,monitoring"
 # Seconds a replica gets to serve again after it was stopped, killed or restored: a container's start and health
 # under the suite's load took over 60 s (s31), once 2 min from systemd's Started to the server's first line.
@@ -91,3 +94,30 @@ def add_host(hosts_file: Path, name: str, hostvars: dict) -> None:
     inventory["all"]["children"]["lab"]["hosts"][name] = hostvars
     header = "".join(line for line in text.splitlines(keepends=True) if line.startswith("#"))
     hosts_file.write_text(header + yaml.safe_dump(inventory, sort_keys=False))
+
+
+def client(lab: Lab, host: str, *args: str) -> dict:
+    """llm_client's JSON answer, run on a lab host (CLIENT)."""
+    return json.loads(lab.sh(host, f"python3 {CLIENT} {' '.join(args)}").strip().splitlines()[-1])
+
+
+def local_client(*args: str, timeout: float = 300) -> dict:
+    """llm_client's JSON answer, run here on the controller (towards a forwarded port): a client in a guest runs
+    emulated, on the CPU the VMs under test and the other lane wait for."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "provision/smoke/llm_client.py"), *args],
+        capture_output=True, text=True, timeout=timeout, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, f"llm_client {' '.join(args)}: exit {proc.returncode}: {proc.stdout}{proc.stderr}"
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def forward_port(lab: Lab, host: str, port: int, guest_port: int) -> None:
+    """Forward 127.0.0.1:port here to guest_port on a lab VM (qemu user networking, added to the running VM; one
+    this port had is replaced): connections arrive on the VM's NIC from 10.0.2.2, so its INPUT rules apply."""
+    with qmp(lab.state / "hosts" / host / "qmp.sock") as monitor:
+        monitor.call("human-monitor-command", **{"command-line": f"hostfwd_remove tcp:127.0.0.1:{port}"})
+        reply = monitor.call(
+            "human-monitor-command", **{"command-line": f"hostfwd_add tcp:127.0.0.1:{port}-:{guest_port}"}
+        )
+    assert not str(reply).strip(), f"{host}: hostfwd_add {port}-:{guest_port}: {reply}"

@@ -22,11 +22,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from labtools import BASE_PORT, ROOT, Lab, recap
+from labtools import BASE_PORT, ROOT, Lab, forward_port, recap
 from ssh_audit import exitcodes
 
 from provision.bootstrap import password_login_offered
-from provision.lab.qemu import qmp
 
 # The session's VMs idle while this module works on its own: paused, they leave it their CPU.
 pytestmark = pytest.mark.usefixtures("session_hosts_paused")
@@ -71,16 +70,6 @@ class Lab3:
              "-p", str(self.port), f"{ADMIN}@127.0.0.1", command],
             capture_output=True, text=True, timeout=60, check=False,
         )  # fmt: skip
-
-
-def forward_web_port(lab: Lab) -> None:
-    """Forward 127.0.0.1:FORWARD_PORT to lab3's WEB_PORT, arriving on its NIC (so INPUT rules apply)."""
-    with qmp(lab.state / "hosts" / HOST / "qmp.sock") as monitor:
-        monitor.call("human-monitor-command", **{"command-line": f"hostfwd_remove tcp:127.0.0.1:{FORWARD_PORT}"})
-        reply = monitor.call(
-            "human-monitor-command", **{"command-line": f"hostfwd_add tcp:127.0.0.1:{FORWARD_PORT}-:{WEB_PORT}"}
-        )
-    assert not str(reply).strip(), f"hostfwd_add: {reply}"
 
 
 def web_reachable() -> bool:
@@ -188,7 +177,7 @@ def test_up_hardens_ssh_and_opens_the_port_keeping_oci_rules(lab3: Lab3) -> None
     hosts = yaml.safe_load(lab3.inventory.read_text())
     hosts["all"].setdefault("children", {})["gateway"] = {"hosts": {HOST: None}}
     lab3.inventory.write_text(yaml.safe_dump(hosts))
-    forward_web_port(lab3.lab)
+    forward_port(lab3.lab, HOST, FORWARD_PORT, WEB_PORT)
     start_web_server(lab3.lab)
     instance_services = lab3.lab.sh(HOST, "sudo iptables -S InstanceServices")
     assert "--dport 3260" in instance_services
@@ -343,7 +332,7 @@ def test_guard_restores_the_config_when_the_controller_cannot_use_the_key_exchan
 def test_firewall_rules_survive_a_reboot(lab3: Lab3) -> None:
     before = lab3.lab.sh(HOST, "sudo iptables -S")
     lab3.lab.provision("lab", "restart", HOST, check=True)
-    forward_web_port(lab3.lab)
+    forward_port(lab3.lab, HOST, FORWARD_PORT, WEB_PORT)
     start_web_server(lab3.lab)
     assert lab3.lab.sh(HOST, "sudo iptables -S") == before
     deadline = time.monotonic() + 20

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from labtools import CLIENT, REPLICA_BACK, WATCHED, Lab, ServingRuns, recap
+from labtools import CLIENT, REPLICA_BACK, WATCHED, Lab, ServingRuns, client, recap
 from sslyze import ScanCommandsExtraArguments, Scanner, ServerNetworkLocation, ServerScanRequest
 from sslyze.mozilla_tls_profile.tls_config_checker import (
     SCAN_COMMANDS_NEEDED_BY_MOZILLA_CHECKER,
@@ -42,10 +42,6 @@ pytestmark = pytest.mark.usefixtures("session_hosts_paused")
 NGINX = "http://127.0.0.1:80"
 NGINX_TLS = "https://127.0.0.1:443"
 DIRECT = "http://127.0.0.1:8000"
-
-
-def client(lab: Lab, host: str, *args: str) -> dict:
-    return json.loads(lab.sh(host, f"python3 {CLIENT} {' '.join(args)}").strip().splitlines()[-1])
 
 
 def test_check_mode_on_a_fresh_host_changes_nothing(serving_runs: ServingRuns, serving: tuple[Path, str]) -> None:

@@ -2,20 +2,21 @@
 
 The docker-flavor serving host (DOCKER_HOST, after test_5_serving, test_5a_monitoring and test_5b_nvidia_toolkit)
 is the gateway, with a replica of its own, and two more docker-flavor VMs (ROLLED) serve one replica each on their
-address on the lab's private segment, where the gateway's nginx reaches them (nginx_upstream_group). On the
-gateway itself, one client sends non-streamed completions and another streams, in rounds, the whole time.
+address on the lab's private segment, where the gateway's nginx reaches them (nginx_upstream_group). Through a
+port forwarded to the gateway's nginx, one client sends non-streamed completions and another streams, in rounds,
+the whole time (here on the controller: in a guest they would run emulated, on the CPU the roll waits for).
 `provision up --batch 1` then rolls a new image over the three hosts: the batches go one after another (the
 notes' timestamps, and where each host's new container started), no non-streamed request is lost and every stream
 ends. A second image that never gets healthy stops the run after its first batch: that host is rolled back and
 stays drained, the other two are untouched and serve every request, and the command the report gives rejoins it.
 
 The images are the demo server's rootfs imported under new tags with one more Dockerfile line each (an ENV): a new
-image id each, nothing to build.
+image id each, nothing to build. The rolling runs converge the two roles an image change concerns
+(container_runtime, inference); the gateways' nginx runs are the rolling run's own.
 """
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 import threading
@@ -27,49 +28,59 @@ from pathlib import Path
 
 import pytest
 import yaml
-from labtools import CLIENT, DOCKER_HOST, Lab, ServingRuns, add_host, phase, recap, start_named
+from labtools import (
+    BASE_PORT,
+    DOCKER_HOST,
+    Lab,
+    ServingRuns,
+    add_host,
+    forward_port,
+    local_client,
+    phase,
+    recap,
+    start_named,
+)
 
 from provision.lab.state import private_address
 
 ROLLED = ("lab8", "lab9")  # docker-flavor VMs of this module (labtools: the names of the other modules' VMs)
 HOSTS = (DOCKER_HOST, *ROLLED)  # the batches, in the inventory's order
-TAGS = "container_runtime,inference,nginx"
-NGINX = "http://127.0.0.1:80"
+TAGS = "container_runtime,inference,nginx"  # the set-up: replicas, and the gateway's upstream
+ROLL_TAGS = "container_runtime,inference"  # an image change
+GATEWAY_PORT = BASE_PORT + 81  # here, forwarded to the gateway's nginx (port 80); test_4_security has + 80
+NGINX = f"http://127.0.0.1:{GATEWAY_PORT}"
 INSPECT = "'{{.Config.Image}} {{.State.StartedAt}}'"
 BATCH_NOTE = re.compile(r"^provision: batch (\d+)/(\d+): (?:(\S+); start|end) (\d\d:\d\d:\d\d)", re.M)
 
 
 @dataclass
 class Traffic:
-    """Clients on the gateway, through its nginx, in rounds until stopped: non-streamed completions (a new
-    connection each, so no idle keep-alive connection nginx closes on a reload counts as lost) and streams (a
-    stream cut by a reset fails its round; one cut cleanly ends without [DONE])."""
+    """Clients of the gateway's nginx, in rounds until stopped: non-streamed completions (a new connection each, so
+    no idle keep-alive connection nginx closes on a reload counts as lost) and streams (a stream cut by a reset
+    fails its round; one cut cleanly ends without [DONE])."""
 
-    lab: Lab
-    host: str
     loads: list[dict] = field(default_factory=list)
     streams: list[dict] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
     done: threading.Event = field(default_factory=threading.Event)
 
-    def _rounds(self, command: str, into: list[dict], pause: float) -> None:
+    def _rounds(self, command: tuple[str, ...], into: list[dict], pause: float) -> None:
         while not self.done.is_set():
             try:
-                into.append(json.loads(self.lab.sh(self.host, command).strip().splitlines()[-1]))
+                into.append(local_client(*command))
             except Exception as exc:  # reported by check()
-                self.failures.append(f"{command}: {exc}")
+                self.failures.append(f"{' '.join(command)}: {exc}")
                 return
             self.done.wait(pause)
 
     def __enter__(self) -> Traffic:
-        # Light on purpose: the guests are emulated, and what the clients take (s40: 2 connections of 8-token
-        # completions and back-to-back streams took about 0.8 of a core) the roll and the other lane wait for.
-        # One connection of 24-token completions (1.2 s each, about one a second); a 40-token stream (2 s) three
-        # times in a row, then 6 s of pause, so some are in flight across each drain.
-        load = f"python3 {CLIENT} load {NGINX} --seconds 20 --requests 100000 --concurrency 1 --tokens 24 --fresh"
-        streams = f"python3 {CLIENT} ttft {NGINX} --repeat 3 --tokens 40"
+        # Light on purpose: what the gateway and its replicas serve runs emulated, on the CPU the roll and the other
+        # lane wait for. One connection of 24-token completions (1.2 s each, about one a second); a 40-token
+        # stream (2 s) three times in a row, then 6 s of pause, so some are in flight across each drain.
+        load = ("load", NGINX, "--seconds", "20", "--requests", "100000", "--concurrency", "1", "--tokens", "24")
+        streams = ("ttft", NGINX, "--repeat", "3", "--tokens", "40")
         self._threads = [
-            threading.Thread(target=self._rounds, args=(load, self.loads, 0), daemon=True),
+            threading.Thread(target=self._rounds, args=((*load, "--fresh"), self.loads, 0), daemon=True),
             threading.Thread(target=self._rounds, args=(streams, self.streams, 6), daemon=True),
         ]
         for thread in self._threads:
@@ -154,6 +165,7 @@ def fleet(
     with phase("rolling: the three hosts converged before the roll"):
         setup = lab.provision("up", "-i", str(inventory), "--tags", TAGS, "--limit", ",".join(HOSTS))
     assert setup.returncode == 0, setup.stdout + setup.stderr
+    forward_port(lab, DOCKER_HOST, GATEWAY_PORT, 80)
     yield inventory
     lab.pause(*HOSTS)  # the last module on them: idle, they would take CPU from what runs after
 
@@ -165,8 +177,8 @@ def rolled(lab: Lab, fleet: Path) -> tuple:
     original = yaml.safe_load(settings.read_text())
     settings.write_text(yaml.safe_dump(image_vars(original, "rolled", "ENV PROVISION_ROLL=2")))
     before = containers(lab)
-    with Traffic(lab, DOCKER_HOST) as traffic, phase("rolling: a new image over three hosts in batches of 1"):
-        run = lab.provision("up", "-i", str(fleet), "--tags", TAGS, "--limit", ",".join(HOSTS), "--batch", "1")
+    with Traffic() as traffic, phase("rolling: a new image over three hosts in batches of 1"):
+        run = lab.provision("up", "-i", str(fleet), "--tags", ROLL_TAGS, "--limit", ",".join(HOSTS), "--batch", "1")
     return run, traffic, before
 
 
@@ -211,8 +223,8 @@ def test_an_image_that_never_gets_healthy_stops_after_the_first_batch(lab: Lab, 
     unhealthy = image_vars(current, "unhealthy", "ENV DEMO_FAIL_HEALTH=1", inference_health_timeout=10)
     settings.write_text(yaml.safe_dump(unhealthy))
     before = containers(lab)
-    with Traffic(lab, DOCKER_HOST) as traffic, phase("rolling: an image that never gets healthy"):
-        run = lab.provision("up", "-i", str(fleet), "--tags", TAGS, "--limit", ",".join(HOSTS), "--batch", "1")
+    with Traffic() as traffic, phase("rolling: an image that never gets healthy"):
+        run = lab.provision("up", "-i", str(fleet), "--tags", ROLL_TAGS, "--limit", ",".join(HOSTS), "--batch", "1")
     output = run.stdout + run.stderr
     assert run.returncode == 1, output
     assert "provision: batch 1/3 failed on lab5 (1 of 1, more than the 0% allowed); stopped before 2 more" in output
@@ -228,8 +240,7 @@ def test_an_image_that_never_gets_healthy_stops_after_the_first_batch(lab: Lab, 
     conf = lab.sh(DOCKER_HOST, "cat /etc/nginx/nginx.conf")
     assert re.search(r"server 127\.0\.0\.1:8000 .* down;", conf), conf
     lab.sh(DOCKER_HOST, "sudo truncate -s 0 /var/log/nginx/access.log")
-    load = f"python3 {CLIENT} load {NGINX} --seconds 5 --requests 20 --concurrency 2 --tokens 1"
-    result = json.loads(lab.sh(DOCKER_HOST, load).splitlines()[-1])
+    result = local_client("load", NGINX, "--seconds", "5", "--requests", "20", "--concurrency", "2", "--tokens", "1")
     assert result["ok"] == 20 and result["errors"] == 0, result
     served = set(re.findall(r"upstream=(\S+) ", lab.sh(DOCKER_HOST, "sudo cat /var/log/nginx/access.log")))
     assert served == {f"{private_address(host)}:8000" for host in ROLLED}, served
