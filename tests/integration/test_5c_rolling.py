@@ -4,7 +4,7 @@ The docker-flavor serving host (DOCKER_HOST, after test_5_serving, test_5a_monit
 is the gateway, with a replica of its own, and two more docker-flavor VMs (ROLLED) serve one replica each on their
 address on the lab's private segment, where the gateway's nginx reaches them (nginx_upstream_group). Through a
 port forwarded to the gateway's nginx, one client sends non-streamed completions and another streams, in rounds,
-the whole time (here on the controller: in a guest they would run emulated, on the CPU the roll waits for).
+the whole time (on the controller: the clients' own work stays off the emulated guests).
 `provision up --batch 1` then rolls a new image over the three hosts: the batches go one after another (the
 notes' timestamps, and where each host's new container started), no non-streamed request is lost and every stream
 ends. A second image that never gets healthy stops the run after its first batch: that host is rolled back and
