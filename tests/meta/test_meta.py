@@ -192,6 +192,30 @@ def test_role_defaults_match_argument_specs(role: Path) -> None:
     assert documented - defaults == set(), "argument specs without a default in defaults/main.yml"
 
 
+# A spec's type -> the Python types its default may have in defaults/main.yml (YAML as loaded).
+DEFAULT_TYPES: dict[str, tuple[type, ...]] = {
+    "str": (str,), "path": (str,), "int": (int,), "float": (int, float), "bool": (bool,), "list": (list,),
+    "dict": (dict,),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("role", ROLES, ids=[role.name for role in ROLES])
+def test_role_defaults_have_the_values_and_types_their_specs_say(role: Path) -> None:
+    """A default stated in meta/argument_specs.yml is the one in defaults/main.yml, and each default is of its
+    spec's type (a template string and null, resolved or checked at run time, excepted; a bool is no int)."""
+    defaults = _defaults(role)
+    for name, spec in _documented(role).items():
+        value = defaults.get(name)
+        if "default" in spec:
+            stated = spec["default"]
+            assert stated == value, f"{role.name}: {name}: the spec says {stated!r}, defaults/main.yml {value!r}"
+        allowed = DEFAULT_TYPES.get(str(spec.get("type", "str")))
+        if allowed is None or value is None or (isinstance(value, str) and "{{" in value):
+            continue
+        right = isinstance(value, allowed) and not (isinstance(value, bool) and bool not in allowed)
+        assert right, f"{role.name}: {name}: {value!r} is not of type {spec['type']}"
+
+
 @pytest.mark.parametrize("role", ROLES, ids=[role.name for role in ROLES])
 def test_role_argument_specs_have_type_and_description(role: Path) -> None:
     for name, spec in _documented(role).items():
