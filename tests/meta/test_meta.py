@@ -209,11 +209,12 @@ def test_role_defaults_have_the_values_and_types_their_specs_say(role: Path) -> 
         if "default" in spec:
             stated = spec["default"]
             assert stated == value, f"{role.name}: {name}: the spec says {stated!r}, defaults/main.yml {value!r}"
-        allowed = DEFAULT_TYPES.get(str(spec.get("type", "str")))
+        kind = str(spec.get("type", "str"))  # Ansible's default type
+        allowed = DEFAULT_TYPES.get(kind)
         if allowed is None or value is None or (isinstance(value, str) and "{{" in value):
             continue
         right = isinstance(value, allowed) and not (isinstance(value, bool) and bool not in allowed)
-        assert right, f"{role.name}: {name}: {value!r} is not of type {spec['type']}"
+        assert right, f"{role.name}: {name}: {value!r} is not of type {kind}"
 
 
 @pytest.mark.parametrize("role", ROLES, ids=[role.name for role in ROLES])
