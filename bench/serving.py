@@ -14,12 +14,15 @@ from __future__ import annotations
 
 import argparse
 import base64
-import json
 import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from provision.smoke import llm_client  # noqa: E402
+
 CLIENT = base64.b64encode((ROOT / "provision/smoke/llm_client.py").read_bytes()).decode()
 
 
@@ -29,7 +32,7 @@ def on_host(host: str, *args: str) -> dict:
     proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, check=False, timeout=600)
     if proc.returncode != 0:
         sys.exit(f"bench: {' '.join(args[:2])} on {host} failed ({proc.returncode}): {proc.stderr[-2000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return llm_client.answer(proc.stdout)
 
 
 def main() -> None:

@@ -233,6 +233,11 @@ def status(url: str, timeout: float = 60) -> dict[str, Any]:
     return {"status": response.status}
 
 
+def answer(output: str) -> dict[str, Any]:
+    """What a run of this client printed, read back by its caller: the JSON object on the last line."""
+    return json.loads(output.strip().splitlines()[-1])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("mode", choices=["stream", "ttft", "complete", "websocket", "load", "status"])

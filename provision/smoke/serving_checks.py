@@ -6,10 +6,11 @@ so the checks need nothing on the host but python3.
 
 import base64
 import ipaddress
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from provision.smoke import llm_client
 
 CLIENT = base64.b64encode((Path(__file__).parent / "llm_client.py").read_bytes()).decode()
 
@@ -36,7 +37,7 @@ def run_client(host: Any, *args: str) -> tuple[dict[str, Any] | None, str]:
     result = host.run(f"echo {CLIENT} | base64 -d | python3 - " + " ".join(args))
     if result.rc != 0:
         return None, (result.stderr.strip().splitlines() or ["no output"])[-1][:300]
-    return json.loads(result.stdout.strip().splitlines()[-1]), ""
+    return llm_client.answer(result.stdout), ""
 
 
 def replica_problems(host: Any, variables: dict[str, Any]) -> list[str]:

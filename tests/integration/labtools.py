@@ -3,7 +3,6 @@ itself (running provision as a user does, on VMs apart from the user's lab) is t
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 import subprocess
@@ -18,6 +17,7 @@ import pytest
 import yaml
 
 from provision.lab.qemu import qmp
+from provision.smoke import llm_client
 from testkit.lab import ROOT as ROOT
 from testkit.lab import Lab as Lab
 
@@ -98,7 +98,7 @@ def add_host(hosts_file: Path, name: str, hostvars: dict) -> None:
 
 def client(lab: Lab, host: str, *args: str) -> dict:
     """llm_client's JSON answer, run on a lab host (CLIENT)."""
-    return json.loads(lab.sh(host, f"python3 {CLIENT} {' '.join(args)}").strip().splitlines()[-1])
+    return llm_client.answer(lab.sh(host, f"python3 {CLIENT} {' '.join(args)}"))
 
 
 def local_client(*args: str, timeout: float = 300) -> dict:
@@ -109,7 +109,7 @@ def local_client(*args: str, timeout: float = 300) -> dict:
         capture_output=True, text=True, timeout=timeout, check=False,
     )  # fmt: skip
     assert proc.returncode == 0, f"llm_client {' '.join(args)}: exit {proc.returncode}: {proc.stdout}{proc.stderr}"
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return llm_client.answer(proc.stdout)
 
 
 def forward_port(lab: Lab, host: str, port: int, guest_port: int) -> None:

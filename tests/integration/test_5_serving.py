@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import http.client
-import json
 import secrets
 import socket
 import ssl
@@ -35,6 +34,8 @@ from sslyze.mozilla_tls_profile.tls_config_checker import (
     check_server_against_tls_configuration,
 )
 from sslyze.plugins.certificate_info.implementation import CertificateInfoExtraArgument
+
+from provision.smoke import llm_client
 
 # The session's VMs idle while this module works on its own: paused, they leave it their CPU.
 pytestmark = pytest.mark.usefixtures("session_hosts_paused")
@@ -144,7 +145,7 @@ def test_stopping_a_replica_loses_no_request(lab: Lab, serving_runs: ServingRuns
         host,
         f"{load} > /tmp/load.json & sleep 4; sudo docker stop inference-1 >/dev/null; wait; cat /tmp/load.json",
     )
-    result = json.loads(output.strip().splitlines()[-1])
+    result = llm_client.answer(output)
     assert result["ok"] > 20 and result["errors"] == 0, result
     # RestartSec is 2 s; then the container's start and health (REPLICA_BACK).
     deadline = time.monotonic() + REPLICA_BACK
