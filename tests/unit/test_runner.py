@@ -534,3 +534,94 @@ def test_a_context_that_become_only_passes_through_is_not_prepared_until_a_task_
     as_login_user = [name for name in prepared if not name.endswith(".su.root")]
     assert len(as_root) == 1, prepared
     assert len(as_login_user) == (1 if mixed or strategy == "mitogen_linear" else 0), prepared
+
+
+LOGIN = {
+    "method": "ssh",
+    "kwargs": {
+        "hostname": "10.0.0.5", "username": "ops", "port": 22, "python_path": ["/usr/bin/python3"],
+        "ssh_args": ["-C", "-o", "ControlMaster=auto", "-o", "ControlPersist=300s"],
+    },
+}  # fmt: skip
+SUDO = {
+    "method": "sudo",
+    "enable_lru": True,
+    "kwargs": {
+        "username": "root", "password": None, "python_path": ["/usr/bin/python3"], "sudo_path": None,
+        "sudo_args": ["-H", "-S", "-n"],  # Ansible's default become_flags
+    },
+}  # fmt: skip
+
+
+def test_ssh_then_passwordless_sudo_is_one_hop_running_sudos_command() -> None:
+    from provision.strategy_plugins import provision_mitogen
+
+    spec = provision_mitogen.joined([LOGIN, SUDO])
+    assert spec == {
+        "method": "ssh",
+        "kwargs": {**LOGIN["kwargs"], "python_path": ["sudo", "-n", "-u", "root", "-H", "--", "/usr/bin/python3"]},
+    }
+    other = {**SUDO, "kwargs": {**SUDO["kwargs"], "username": "postgres", "sudo_path": "/usr/local/bin/sudo"}}
+    spec = provision_mitogen.joined([LOGIN, other])
+    assert spec is not None
+    assert spec["kwargs"]["python_path"][:4] == ["/usr/local/bin/sudo", "-n", "-u", "postgres"]
+
+
+@pytest.mark.parametrize(
+    "stack",
+    [
+        [LOGIN],
+        [{**LOGIN, "method": "local"}, SUDO],
+        [LOGIN, {**SUDO, "method": "su"}],
+        [LOGIN, {**SUDO, "kwargs": {**SUDO["kwargs"], "password": "s3cret"}}],
+        [LOGIN, {**SUDO, "kwargs": {**SUDO["kwargs"], "sudo_args": ["-i"]}}],
+        [LOGIN, {**SUDO, "kwargs": {**SUDO["kwargs"], "sudo_args": ["--unknown-flag"]}}],
+        [LOGIN, {**SUDO, "kwargs": {**SUDO["kwargs"], "python_path": ["source", "/venv/bin/activate;", "python"]}}],
+        [LOGIN, LOGIN, SUDO],
+    ],
+    ids=["login-only", "not-ssh", "su", "sudo-password", "sudo-login-shell", "unknown-flag", "shell-line", "via"],
+)
+def test_what_one_hop_cannot_do_the_same_is_left_to_mitogens_two(stack: list[dict[str, Any]]) -> None:
+    from provision.strategy_plugins import provision_mitogen
+
+    assert provision_mitogen.joined(stack) is None
+
+
+def test_a_joined_hop_that_sudo_refuses_falls_back_and_an_ssh_failure_does_not() -> None:
+    from mitogen.parent import EofError
+
+    from provision.strategy_plugins import provision_mitogen
+
+    def failure(text: str) -> tuple[type, BaseException, None]:
+        return (EofError, EofError(f"EOF on stream; last 100 lines received:\n{text}"), None)
+
+    assert provision_mitogen._refused_by_sudo(failure("sudo: a password is required"))
+    assert provision_mitogen._refused_by_sudo(failure("sudo: sorry, you must have a tty to run sudo"))
+    assert not provision_mitogen._refused_by_sudo(failure("ssh: connect to host 10.0.0.5 port 22: Connection refused"))
+    assert not provision_mitogen._refused_by_sudo({"context": None})
+
+
+def test_mitogens_ssh_gets_the_control_path_ansibles_ssh_plugin_would_use(tmp_path: Path) -> None:
+    """ssh_args ask for ControlPersist; Mitogen passes no ControlPath (ssh then shares nothing): ours adds the
+    path the ssh plugin would, in the directory it would make."""
+    from provision.strategy_plugins import provision_mitogen
+
+    env = {**os.environ, "ANSIBLE_CONFIG": str(paths.ANSIBLE_CFG), "ANSIBLE_SSH_CONTROL_PATH_DIR": str(tmp_path / "cp")}
+    code = (
+        "import json, sys; from provision.strategy_plugins import provision_mitogen as p; "
+        "print(json.dumps(p.with_control_path(json.loads(sys.argv[1]))))"
+    )
+    stack = [LOGIN, SUDO]
+    proc = subprocess.run(
+        [sys.executable, "-c", code, json.dumps(stack)], env=env, capture_output=True, text=True, timeout=60, check=True
+    )
+    login, sudo = json.loads(proc.stdout)
+    assert login["kwargs"]["ssh_args"] == [*LOGIN["kwargs"]["ssh_args"], "-o", f"ControlPath={tmp_path}/cp/%C"]
+    assert {**login, "kwargs": {**login["kwargs"], "ssh_args": LOGIN["kwargs"]["ssh_args"]}} == LOGIN
+    assert sudo == SUDO
+    assert (tmp_path / "cp").stat().st_mode & 0o777 == 0o700
+    # A path of the user's own, or no ControlPersist: as they are.
+    own = {**LOGIN, "kwargs": {**LOGIN["kwargs"], "ssh_args": ["-o", "ControlPersist=60", "-o", "ControlPath=/x/%C"]}}
+    assert provision_mitogen.with_control_path([own]) == [own]
+    plain = {**LOGIN, "kwargs": {**LOGIN["kwargs"], "ssh_args": ["-C"]}}
+    assert provision_mitogen.with_control_path([plain, SUDO]) == [plain, SUDO]
