@@ -3,6 +3,7 @@ giving each its own identity (host keys, machine-id, hostname, clock) through th
 
 from __future__ import annotations
 
+import configparser
 import io
 import json
 import os
@@ -16,6 +17,7 @@ import uuid
 from dataclasses import asdict
 from pathlib import Path
 
+from provision import paths
 from provision.errors import EnvironmentProblem, UsageError
 from provision.lab import aptcache
 from provision.lab.image import FLAVORS, LAB_USER, building, ensure_base_image
@@ -221,15 +223,28 @@ def ssh_argv(name: str, command: tuple[str, ...] = ()) -> list[str]:
     d = dirs()
     for host in status():
         if host.name == name:
-            # One SSH connection per host shared by the calls of the next 30 s (a new one costs ~1 s of a TCG
-            # guest's CPU); it ends with the VM, whose forwarded port closes. Not where the socket's path would
-            # pass the 108-byte limit of a socket name (%C is 40 characters).
-            control = f"{d.state}/cp-%C"
-            mux = ["-o", "ControlMaster=auto", "-o", f"ControlPath={control}", "-o", "ControlPersist=30s"]
+            # One SSH connection per host, shared with provision's runs on it: the socket Ansible's ssh plugin
+            # and provision_mitogen use (ansible.cfg's control_path_dir; %C, a hash of user, host and port, is
+            # theirs too), so a call after a run, or a run after calls, logs in anew only when none is open (a new
+            # login costs ~0.4 s of a TCG guest's CPU; the tests make ~400 calls). It ends with the VM, whose
+            # forwarded port closes. Not where the socket's path would pass the 108-byte limit of a socket name
+            # (%C is 40 characters).
+            directory = control_path_dir()
+            control = f"{directory}/%C"
+            mux = ["-o", "ControlMaster=auto", "-o", f"ControlPath={control}", "-o", "ControlPersist=300s"]
             if len(control) + 38 > 100:
                 mux = []
+            else:
+                directory.mkdir(mode=0o700, parents=True, exist_ok=True)
             return ["ssh", *ssh_options(d), *mux, "-p", str(host.ssh_port), f"{LAB_USER}@127.0.0.1", *command]
     raise UsageError(f"no lab host named {name!r} (see: provision lab status)")
+
+
+def control_path_dir() -> Path:
+    """The directory of Ansible's SSH control sockets as the project's ansible.cfg sets it."""
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.read(paths.ANSIBLE_CFG)
+    return Path(parser.get("ssh_connection", "control_path_dir", fallback="~/.ansible/cp")).expanduser()
 
 
 def ssh_options(d: LabDirs) -> list[str]:
