@@ -104,11 +104,36 @@ def test_serving_on_gpus_that_are_not_there_blocks_naming_host_and_reason(doctor
         assert any(line.split()[0] == host and line.split()[-1] == "blocked" for line in proc.stdout.splitlines())
 
 
+# A unit caught between two states by its own doing (a dbus-activated daemon exiting when idle) is no change.
+TRANSITIONAL = {"activating", "deactivating", "reloading", "refreshing"}
+LOAD_STATES = {"loaded", "not-found", "masked", "error", "bad-setting", "stub", "merged"}
+
+
+def split(snapshot: str) -> tuple[dict[str, tuple[str, ...]], list[str]]:
+    """A snapshot as its units (name -> load, active, sub) and its other lines. `systemctl list-units --plain`
+    pads its columns to the longest value present, so one unit's state would change every line's spacing."""
+    units, rest = {}, []
+    for line in snapshot.splitlines():
+        fields = line.split(None, 4)
+        if len(fields) >= 4 and fields[1] in LOAD_STATES:
+            units[fields[0]] = tuple(fields[1:4])
+        else:
+            rest.append(line)
+    return units, rest
+
+
 def test_doctor_changed_nothing(doctored: Doctored) -> None:
     for host in SESSION_HOSTS:
-        before, after = doctored.before[host], doctored.after[host]
-        changed = sorted(set(before.splitlines()) ^ set(after.splitlines()))
-        assert before == after, f"{host}: {changed[:20]}"
+        (was, before), (now, after) = split(doctored.before[host]), split(doctored.after[host])
+        assert was and before, f"{host}: the snapshot holds no units or no files"
+        assert before == after, f"{host}: {sorted(set(before) ^ set(after))[:20]}"
+        moved = {
+            unit: (was.get(unit), now.get(unit))
+            for unit in sorted(set(was) | set(now))
+            if was.get(unit) != now.get(unit)
+            and not TRANSITIONAL & {state[1] for state in (was.get(unit), now.get(unit)) if state}
+        }
+        assert not moved, f"{host}: units whose state changed: {moved}"
 
 
 def test_the_relay_upstreams_are_tried_from_the_host(doctored: Doctored) -> None:
