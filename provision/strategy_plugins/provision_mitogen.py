@@ -26,6 +26,7 @@ Mitogen, or one whose internals moved, this is plain `mitogen_linear`.
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 from typing import Any
@@ -101,6 +102,13 @@ def with_control_path(stack: list[dict[str, Any]]) -> list[dict[str, Any]]:
     lowered = [arg.lower() for arg in args]
     if not any("controlpersist" in arg for arg in lowered) or any("controlpath" in arg for arg in lowered):
         return stack
+    login = dict(stack[0], kwargs=dict(stack[0]["kwargs"], ssh_args=[*args, "-o", _control_path()]))
+    return [login, *stack[1:]]
+
+
+@functools.cache
+def _control_path() -> str:
+    """`ControlPath=` as Ansible's ssh plugin sets it, its directory made: worked out once, not for each task."""
     ansible.plugins.loader.connection_loader.get("ssh", class_only=True)  # its settings' definitions, for the config
     config = ansible.constants.config
     directory = os.path.abspath(os.path.expanduser(
@@ -109,11 +117,7 @@ def with_control_path(stack: list[dict[str, Any]]) -> list[dict[str, Any]]:
     # The ssh plugin's default (None) is a hash of host, port and user; ssh's %C is one too.
     path = config.get_config_value("control_path", plugin_type="connection", plugin_name="ssh") or "%(directory)s/%%C"
     os.makedirs(directory, mode=0o700, exist_ok=True)
-    login = dict(
-        stack[0],
-        kwargs=dict(stack[0]["kwargs"], ssh_args=[*args, "-o", f"ControlPath={path % {'directory': directory}}"]),
-    )
-    return [login, *stack[1:]]
+    return f"ControlPath={path % {'directory': directory}}"
 
 
 def joined(stack: list[dict[str, Any]]) -> dict[str, Any] | None:
