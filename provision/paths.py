@@ -5,6 +5,7 @@ carries them inside the package, in provision/_data/ (setup.py copies them there
 (scripts/setup.sh) uses the repository checkout the package directory sits in.
 """
 
+import configparser
 import importlib.util
 import os
 import sys
@@ -35,6 +36,13 @@ INVENTORIES = ROOT / "inventories"
 ANSIBLE_CFG = ROOT / "ansible.cfg"
 SITE_PLAYBOOK = PLAYBOOKS / "site.yml"
 ROLES = PLAYBOOKS / "roles"
+
+
+def ansible_setting(config: Path | str, section: str, key: str) -> str | None:
+    """A setting as an ansible.cfg file writes it (read raw, as Ansible does), or None when it is not there."""
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.read(config, encoding="utf-8")
+    return parser.get(section, key, fallback=None)
 
 
 def playbook_module(relative: str) -> ModuleType:

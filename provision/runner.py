@@ -3,7 +3,6 @@
 This is the only module that imports ansible_runner, and it does so inside run().
 """
 
-import configparser
 import contextlib
 import importlib.util
 import json
@@ -391,9 +390,7 @@ def _private_fact_cache(env: Mapping[str, str], directory: Path | None = None) -
         where = env.get("ANSIBLE_CACHE_PLUGIN_CONNECTION") or os.environ.get("ANSIBLE_CACHE_PLUGIN_CONNECTION")
         config = env.get("ANSIBLE_CONFIG")
         if not where and config:
-            parser = configparser.ConfigParser(interpolation=None)
-            parser.read(config, encoding="utf-8")
-            where = parser.get("defaults", "fact_caching_connection", fallback=None)
+            where = paths.ansible_setting(config, "defaults", "fact_caching_connection")
         if not where:
             return None
         directory = Path(where).expanduser()

@@ -3,7 +3,6 @@ giving each its own identity (host keys, machine-id, hostname, clock) through th
 
 from __future__ import annotations
 
-import configparser
 import io
 import json
 import os
@@ -242,9 +241,8 @@ def ssh_argv(name: str, command: tuple[str, ...] = ()) -> list[str]:
 
 def control_path_dir() -> Path:
     """The directory of Ansible's SSH control sockets as the project's ansible.cfg sets it."""
-    parser = configparser.ConfigParser(interpolation=None)
-    parser.read(paths.ANSIBLE_CFG)
-    return Path(parser.get("ssh_connection", "control_path_dir", fallback="~/.ansible/cp")).expanduser()
+    directory = paths.ansible_setting(paths.ANSIBLE_CFG, "ssh_connection", "control_path_dir")
+    return Path(directory or "~/.ansible/cp").expanduser()
 
 
 def ssh_options(d: LabDirs) -> list[str]:
