@@ -223,26 +223,27 @@ def ssh_argv(name: str, command: tuple[str, ...] = ()) -> list[str]:
     for host in status():
         if host.name == name:
             # One SSH connection per host, shared with provision's runs on it: the socket Ansible's ssh plugin
-            # and provision_mitogen use (ansible.cfg's control_path_dir; %C, a hash of user, host and port, is
-            # theirs too), so a call after a run, or a run after calls, logs in anew only when none is open (a new
-            # login costs ~0.4 s of a TCG guest's CPU; the tests make ~400 calls). It ends with the VM, whose
-            # forwarded port closes. Not where the socket's path would pass the 108-byte limit of a socket name
-            # (%C is 40 characters).
-            directory = control_path_dir()
-            control = f"{directory}/%C"
+            # and provision_mitogen use (control_path() below), so a call after a run, or a run after calls, logs
+            # in anew only when none is open (a new login costs ~0.4 s of a TCG guest's CPU; the tests make ~400
+            # calls). It ends with the VM, whose forwarded port closes. Not where the socket's path would pass the
+            # 108-byte limit of a socket name (%C expands to 40 characters).
+            control = control_path()
             mux = ["-o", "ControlMaster=auto", "-o", f"ControlPath={control}", "-o", "ControlPersist=300s"]
             if len(control) + 38 > 100:
                 mux = []
             else:
-                directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+                Path(control).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             return ["ssh", *ssh_options(d), *mux, "-p", str(host.ssh_port), f"{LAB_USER}@127.0.0.1", *command]
     raise UsageError(f"no lab host named {name!r} (see: provision lab status)")
 
 
-def control_path_dir() -> Path:
-    """The directory of Ansible's SSH control sockets as the project's ansible.cfg sets it."""
-    directory = paths.ansible_setting(paths.ANSIBLE_CFG, "ssh_connection", "control_path_dir")
-    return Path(directory or "~/.ansible/cp").expanduser()
+def control_path() -> str:
+    """The ControlPath Ansible's ssh plugin (and provision_mitogen) use, from the project's ansible.cfg: its
+    control_path with %(directory)s its control_path_dir, as the plugin expands it; where control_path is not
+    set, %C (a hash of user, host and port) in that directory, as provision_mitogen does."""
+    directory = paths.ansible_setting(paths.ANSIBLE_CFG, "ssh_connection", "control_path_dir") or "~/.ansible/cp"
+    path = paths.ansible_setting(paths.ANSIBLE_CFG, "ssh_connection", "control_path") or "%(directory)s/%%C"
+    return path % {"directory": Path(directory).expanduser()}
 
 
 def ssh_options(d: LabDirs) -> list[str]:

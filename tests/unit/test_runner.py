@@ -601,21 +601,30 @@ def test_a_joined_hop_that_sudo_refuses_falls_back_and_an_ssh_failure_does_not()
     assert not provision_mitogen._refused_by_sudo({"context": None})
 
 
+def with_control_path_under_ansible(stack: list[dict[str, Any]], env: dict[str, str]) -> list[dict[str, Any]]:
+    """provision_mitogen.with_control_path in a fresh Python whose Ansible config comes from env."""
+    code = (
+        "import json, sys; from provision.strategy_plugins import provision_mitogen as p; "
+        "print(json.dumps(p.with_control_path(json.loads(sys.argv[1]))))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, json.dumps(stack)],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return json.loads(proc.stdout)
+
+
 def test_mitogens_ssh_gets_the_control_path_ansibles_ssh_plugin_would_use(tmp_path: Path) -> None:
     """ssh_args ask for ControlPersist; Mitogen passes no ControlPath (ssh then shares nothing): ours adds the
     path the ssh plugin would, in the directory it would make."""
     from provision.strategy_plugins import provision_mitogen
 
-    env = {**os.environ, "ANSIBLE_CONFIG": str(paths.ANSIBLE_CFG), "ANSIBLE_SSH_CONTROL_PATH_DIR": str(tmp_path / "cp")}
-    code = (
-        "import json, sys; from provision.strategy_plugins import provision_mitogen as p; "
-        "print(json.dumps(p.with_control_path(json.loads(sys.argv[1]))))"
-    )
-    stack = [LOGIN, SUDO]
-    proc = subprocess.run(
-        [sys.executable, "-c", code, json.dumps(stack)], env=env, capture_output=True, text=True, timeout=60, check=True
-    )
-    login, sudo = json.loads(proc.stdout)
+    env = {"ANSIBLE_CONFIG": str(paths.ANSIBLE_CFG), "ANSIBLE_SSH_CONTROL_PATH_DIR": str(tmp_path / "cp")}
+    login, sudo = with_control_path_under_ansible([LOGIN, SUDO], env)
     assert login["kwargs"]["ssh_args"] == [*LOGIN["kwargs"]["ssh_args"], "-o", f"ControlPath={tmp_path}/cp/%C"]
     assert {**login, "kwargs": {**login["kwargs"], "ssh_args": LOGIN["kwargs"]["ssh_args"]}} == LOGIN
     assert sudo == SUDO
@@ -625,3 +634,19 @@ def test_mitogens_ssh_gets_the_control_path_ansibles_ssh_plugin_would_use(tmp_pa
     assert provision_mitogen.with_control_path([own]) == [own]
     plain = {**LOGIN, "kwargs": {**LOGIN["kwargs"], "ssh_args": ["-C"]}}
     assert provision_mitogen.with_control_path([plain, SUDO]) == [plain, SUDO]
+
+
+def test_lab_ssh_uses_the_control_path_of_the_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`provision lab ssh` and provision_mitogen share a host's connection only while they name one socket: both
+    take it from ansible.cfg (here one whose control_path is not the default)."""
+    from provision.lab import hosts
+
+    config = tmp_path / "ansible.cfg"
+    config.write_text(
+        f"[ssh_connection]\ncontrol_path_dir = {tmp_path}/sockets\ncontrol_path = %(directory)s/lab-%%h-%%p\n",
+        encoding="utf-8",
+    )
+    (login,) = with_control_path_under_ansible([LOGIN], {"ANSIBLE_CONFIG": str(config)})
+    monkeypatch.setattr(paths, "ANSIBLE_CFG", config)
+    assert hosts.control_path() == f"{tmp_path}/sockets/lab-%h-%p"
+    assert login["kwargs"]["ssh_args"][-2:] == ["-o", f"ControlPath={hosts.control_path()}"]
