@@ -14,11 +14,11 @@ import yaml
 from labtools import SESSION_HOSTS, Lab, phase
 
 # What must be the same before and after: every file under /etc, the package database, every unit's state
-# (but for the services timers start, such as apt-daily, which may run at any moment on their own).
+# (but for timers and the services they start, such as apt-daily, which may run at any moment on their own).
 SNAPSHOT = (
     "sudo find /etc -xdev -type f -print0 | sudo xargs -0 sha256sum | sort; "
     "sha256sum /var/lib/dpkg/status; dpkg -l | sha256sum; "
-    "timed=$(systemctl list-timers --all --no-legend | awk '{print $NF}' | sort -u | paste -sd'|'); "
+    "timed=$(systemctl list-timers --all --no-legend | awk '{print $(NF-1); print $NF}' | sort -u | paste -sd'|'); "
     'systemctl list-units --all --no-legend --plain | grep -vE "^(${timed:-^}) " | sort'
 )
 
